@@ -1,0 +1,1 @@
+"""PyTorch EdgeSAM: model definition, checkpoint loading, predictor and ONNX export (``[torch]`` extra)."""

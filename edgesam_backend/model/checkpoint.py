@@ -1,0 +1,135 @@
+"""Loading EdgeSAM checkpoints: official layout, wrappers, and explicit errors.
+
+Accepted files: a raw state_dict (the official ``edge_sam.pth`` / ``edge_sam_3x.pth``), or one wrapped
+as ``{"model": state_dict}`` / ``{"state_dict": state_dict}`` (training checkpoints), optionally with
+a ``module.`` prefix (DistributedDataParallel). Keys under :data:`OPTIONAL_PREFIXES` (extra heads such
+as the region proposal module) may be present or absent. Anything else missing, unexpected or of
+the wrong shape raises :class:`CheckpointError` naming the keys; nothing is loaded silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .edge_sam import EdgeSam, build_edge_sam
+
+#: Prefixes of optional, non-official submodules (the region proposal head).
+OPTIONAL_PREFIXES: tuple[str, ...] = ("rpn_head.",)
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or object does not match EdgeSAM's state_dict layout."""
+
+
+def _expected_layout() -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in build_edge_sam().state_dict().items()}
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Return the state_dict inside ``obj`` (raw, ``{"model": ...}``, ``{"state_dict": ...}``),
+    stripping a ``module.`` prefix. Raises :class:`CheckpointError` if there is none."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state_dict mapping")
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+            obj = inner
+            break
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise CheckpointError(
+            f"no state_dict found: expected tensors keyed like 'image_encoder.*', or a dict with one of "
+            f"{_WRAPPER_KEYS}; top-level keys are: {keys}"
+        )
+    sd = dict(obj)
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _fmt(keys: list[str], limit: int = 10) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(
+    sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]] | None = None
+) -> None:
+    """Raise :class:`CheckpointError` unless ``sd`` has exactly EdgeSAM's keys and shapes
+    (plus optional-prefix keys)."""
+    expected = expected if expected is not None else _expected_layout()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected and not k.startswith(OPTIONAL_PREFIXES)]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {expected[k]}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_fmt(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches: {_fmt(wrong, 5)}")
+    if problems:
+        hint = ""
+        if missing and any(k.startswith("image_encoder.blocks.") or "patch_embed" in k for k in sd):
+            hint = " (this looks like a SAM ViT or MobileSAM checkpoint, not EdgeSAM)"
+        raise CheckpointError("not an EdgeSAM checkpoint" + hint + ": " + "; ".join(problems))
+
+
+def check_checkpoint_obj(obj: Any) -> dict[str, torch.Tensor]:
+    """Unwrap and validate a loaded checkpoint object; returns the state_dict."""
+    sd = unwrap_state_dict(obj)
+    check_state_dict(sd)
+    return sd
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """``torch.load`` (weights only, CPU) + unwrap + validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    try:
+        return check_checkpoint_obj(obj)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
+    """Load ``sd`` into ``model`` with strict semantics for every official key.
+
+    Optional-prefix keys load when both sides have them; present on one side only, they are
+    skipped (an official checkpoint into a model with an RPN head, or the reverse).
+    """
+    own = model.state_dict()
+    check_state_dict(sd, {k: tuple(v.shape) for k, v in own.items() if not k.startswith(OPTIONAL_PREFIXES)})
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def load_edge_sam(
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None, upsample_mode: str = "bicubic"
+) -> EdgeSam:
+    """Build EdgeSAM and load ``checkpoint`` (a path, a loaded object, or ``None`` for random init)."""
+    model = build_edge_sam(upsample_mode=upsample_mode)
+    if checkpoint is None:
+        return model
+    sd = (
+        check_checkpoint_obj(checkpoint)
+        if isinstance(checkpoint, Mapping)
+        else load_state_dict_file(checkpoint)
+    )
+    load_into(model, sd)
+    return model.eval()

@@ -1,0 +1,114 @@
+"""The EdgeSAM model: RepViT-M1 fuse encoder + SAM prompt encoder + SAM mask decoder.
+
+State-dict keys are ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*`` exactly as in the
+official ``edge_sam.pth`` / ``edge_sam_3x.pth`` (821 entries). Optional extra heads (the region
+proposal module) live under their own prefix and are not part of the official layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
+from ..runtime.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .repvit import RepViT
+from .transformer import TwoWayTransformer
+
+EMBED_SIZE = 64
+
+
+class EdgeSam(nn.Module):
+    """EdgeSAM. ``image_encoder`` maps ``(B,3,1024,1024)`` normalised, padded input to
+    ``(B,256,64,64)``; ``prompt_encoder`` + ``mask_decoder`` turn prompts into low-res logits."""
+
+    mask_threshold: float = MASK_THRESHOLD
+    image_format: str = "RGB"
+
+    def __init__(
+        self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer(
+            "pixel_mean", torch.from_numpy(PIXEL_MEAN.copy()).view(-1, 1, 1), persistent=False
+        )
+        self.register_buffer("pixel_std", torch.from_numpy(PIXEL_STD.copy()).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` float RGB 0..255 (long side already 1024) → normalised, zero-padded
+        ``(B, 3, 1024, 1024)``."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return nn.functional.pad(x, (0, IMAGE_SIZE - w, 0, IMAGE_SIZE - h))
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        num_multimask_outputs: int = 3,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder for B prompts on one image's embeddings.
+
+        Args:
+            image_embeddings: ``(1, 256, 64, 64)``.
+            point_coords: ``(B, N, 2)`` (x, y) in the 1024 model frame; ``point_labels``: ``(B, N)``.
+            boxes: ``(B, 4)`` XYXY in the model frame.
+            mask_input: ``(B, 1, 256, 256)`` low-res logits from a previous prediction.
+        Returns:
+            low-res logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
+        """
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            num_multimask_outputs=num_multimask_outputs,
+        )
+
+
+def stability_score(
+    logits: torch.Tensor, mask_threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET
+) -> torch.Tensor:
+    """IoU between the masks thresholded at ``t + offset`` and ``t - offset``; ``(..., H, W)`` → ``(...)``.
+
+    Counts are integers, the division is float32, as in the official code; an empty union scores 0.
+    """
+    inter = (logits > (mask_threshold + offset)).sum((-1, -2), dtype=torch.int64)
+    union = (logits > (mask_threshold - offset)).sum((-1, -2), dtype=torch.int64)
+    return inter.to(torch.float32) / union.clamp(min=1).to(torch.float32)
+
+
+def build_edge_sam(upsample_mode: str = "bicubic") -> EdgeSam:
+    """Build an (untrained) EdgeSAM in eval mode. Load weights with
+    :func:`edgesam_backend.model.checkpoint.load_edge_sam`."""
+    model = EdgeSam(
+        image_encoder=RepViT(upsample_mode=upsample_mode),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(EMBED_SIZE, EMBED_SIZE),
+            input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=256,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    return model.eval()

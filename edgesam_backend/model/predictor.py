@@ -1,0 +1,65 @@
+"""PyTorch predictor with the same API as the onnxruntime one (``runtime.base.BasePredictor``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from ..runtime.base import BasePredictor
+from .checkpoint import load_edge_sam
+from .edge_sam import EdgeSam, stability_score
+
+
+class TorchPredictor(BasePredictor):
+    """EdgeSAM in PyTorch eager mode.
+
+    Args:
+        model: an :class:`EdgeSam`, or a checkpoint path / loaded state_dict.
+        device: torch device.
+        upsample_mode: used when building from a checkpoint (``"bicubic"`` as trained).
+    """
+
+    def __init__(
+        self,
+        model: EdgeSam | str | os.PathLike[str] | Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        upsample_mode: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, EdgeSam):
+            model = load_edge_sam(model, upsample_mode=upsample_mode)
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.model.image_encoder(torch.from_numpy(x).to(self.device)).cpu().numpy()
+
+    @torch.inference_mode()
+    def _decode(
+        self,
+        embeddings: NDArray[np.float32],
+        coords: NDArray[np.float32],
+        labels: NDArray[np.float32],
+        mask_input: NDArray[np.float32] | None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        m = self.model
+        pe = m.prompt_encoder
+        emb = torch.from_numpy(embeddings).to(self.device)
+        c = torch.from_numpy(coords).to(self.device)
+        lab = torch.from_numpy(labels).to(self.device)
+        sparse = pe.embed_points(c, lab, pad=False)
+        if mask_input is not None:
+            dense = pe.embed_masks(torch.from_numpy(mask_input).to(self.device))
+        else:
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                c.shape[0], -1, *pe.image_embedding_size
+            )
+        low, iou = m.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+        stab = stability_score(low)
+        return low.cpu().numpy(), iou.cpu().numpy(), stab.cpu().numpy()

@@ -1,0 +1,151 @@
+"""onnxruntime predictor: numpy around two ONNX sessions, no torch.
+
+Runs both our exports (``edgesam export``: bicubic encoder; decoder with mask input, batch and point
+axes dynamic, all 4 tokens with IoU and stability scores) and the official EdgeSAM ONNX files
+(``edge_sam_3x_encoder.onnx`` / ``edge_sam_3x_decoder.onnx``: no mask input, batch 1, one ``scores``
+output). The decoder flavour is detected from the graph's inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from .base import BasePredictor
+from .masks import stability_score
+
+OURS_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file is missing or is not an EdgeSAM encoder/decoder this runtime understands."""
+
+
+def session_options(intra_op_num_threads: int | None = None) -> ort.SessionOptions:
+    """CPU-friendly defaults: full graph optimisation, sequential execution, given intra-op threads."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if intra_op_num_threads:
+        so.intra_op_num_threads = int(intra_op_num_threads)
+    return so
+
+
+def _session(
+    path: str | os.PathLike[str], so: ort.SessionOptions, providers: list[str] | None
+) -> ort.InferenceSession:
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxModelError(f"ONNX file not found: {p}")
+    try:
+        return ort.InferenceSession(str(p), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes
+        raise OnnxModelError(f"cannot load {p}: {exc}") from exc
+
+
+def detect_decoder_flavour(session: ort.InferenceSession) -> str:
+    """``"edgesam-backend"`` (our export) or ``"official"``; raises for anything else."""
+    names = tuple(i.name for i in session.get_inputs())
+    if set(names) == set(OURS_DECODER_INPUTS):
+        return "edgesam-backend"
+    if set(names) == set(OFFICIAL_DECODER_INPUTS):
+        return "official"
+    hint = " (this looks like SAM's ONNX decoder, not EdgeSAM's)" if "orig_im_size" in names else ""
+    raise OnnxModelError(f"unrecognised EdgeSAM decoder inputs {names}{hint}")
+
+
+def _official_scores_are_stability(path: str | os.PathLike[str]) -> bool:
+    """The official export writes stability scores (a ``Div``) with ``--use-stability-score``, else IoU."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    name = next((o.name for o in model.graph.output if o.name == "scores"), None)
+    return name is not None and producers.get(name) == "Div"
+
+
+class OnnxPredictor(BasePredictor):
+    """EdgeSAM on onnxruntime.
+
+    Args:
+        encoder_path: encoder ONNX (input ``image (1,3,1024,1024)``, output ``image_embeddings``).
+        decoder_path: decoder ONNX (our export or the official format).
+        intra_op_num_threads: threads per session (``None``: onnxruntime's default, all cores).
+        providers: onnxruntime execution providers (default CPU).
+    """
+
+    def __init__(
+        self,
+        encoder_path: str | os.PathLike[str],
+        decoder_path: str | os.PathLike[str],
+        intra_op_num_threads: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        so = session_options(intra_op_num_threads)
+        self.encoder = _session(encoder_path, so, providers)
+        self.decoder = _session(decoder_path, so, providers)
+        enc_inputs = self.encoder.get_inputs()
+        if len(enc_inputs) != 1 or list(enc_inputs[0].shape)[1:] != [3, 1024, 1024]:
+            raise OnnxModelError(
+                f"{encoder_path}: expected one encoder input of shape (1, 3, 1024, 1024), got "
+                f"{[(i.name, i.shape) for i in enc_inputs]}"
+            )
+        self._enc_input = enc_inputs[0].name
+        out_names = [o.name for o in self.encoder.get_outputs()]
+        self._enc_output = "image_embeddings" if "image_embeddings" in out_names else out_names[0]
+        self.flavour = detect_decoder_flavour(self.decoder)
+        self.supports_mask_input = self.flavour == "edgesam-backend"
+        self._official_stability = self.flavour == "official" and _official_scores_are_stability(decoder_path)
+
+    def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self.encoder.run([self._enc_output], {self._enc_input: x})[0]
+
+    def _decode(
+        self,
+        embeddings: NDArray[np.float32],
+        coords: NDArray[np.float32],
+        labels: NDArray[np.float32],
+        mask_input: NDArray[np.float32] | None,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        b = coords.shape[0]
+        if self.flavour == "edgesam-backend":
+            has = np.ones(b, np.float32) if mask_input is not None else np.zeros(b, np.float32)
+            if mask_input is None:
+                mask_input = np.zeros((b, 1, 256, 256), np.float32)
+            low, iou, stab = self.decoder.run(
+                ["low_res_logits", "iou_predictions", "stability_scores"],
+                {
+                    "image_embeddings": embeddings,
+                    "point_coords": coords,
+                    "point_labels": labels,
+                    "mask_input": mask_input,
+                    "has_mask_input": has,
+                },
+            )
+            return low, iou, stab
+        lows, scores = [], []
+        for i in range(b):  # the official export has a fixed batch of 1
+            s, m = self.decoder.run(
+                ["scores", "masks"],
+                {
+                    "image_embeddings": embeddings,
+                    "point_coords": coords[i : i + 1],
+                    "point_labels": labels[i : i + 1],
+                },
+            )
+            lows.append(m)
+            scores.append(s)
+        low = np.concatenate(lows, axis=0)
+        score = np.concatenate(scores, axis=0)
+        stab = stability_score(low)
+        # Official files carry one score: stability (recommended export) or raw IoU. The IoU head's output
+        # is unavailable from a stability export, so it is reported as NaN there.
+        iou = np.full_like(score, np.nan) if self._official_stability else score
+        return low, iou, stab
