@@ -120,16 +120,24 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
 
 
 def load_edge_sam(
-    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None, upsample_mode: str = "bicubic"
+    checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None,
+    upsample_mode: str = "bicubic",
+    with_rpn: bool | None = None,
 ) -> EdgeSam:
-    """Build EdgeSAM and load ``checkpoint`` (a path, a loaded object, or ``None`` for random init)."""
-    model = build_edge_sam(upsample_mode=upsample_mode)
+    """Build EdgeSAM and load ``checkpoint`` (a path, a loaded object, or ``None`` for random init).
+
+    ``with_rpn=None`` builds the region proposal head exactly when the checkpoint has ``rpn_head.*``
+    weights; ``True`` builds it regardless (untrained if the checkpoint lacks it).
+    """
     if checkpoint is None:
-        return model
+        return build_edge_sam(upsample_mode=upsample_mode, with_rpn=bool(with_rpn))
     sd = (
         check_checkpoint_obj(checkpoint)
         if isinstance(checkpoint, Mapping)
         else load_state_dict_file(checkpoint)
     )
+    if with_rpn is None:
+        with_rpn = any(k.startswith("rpn_head.") for k in sd)
+    model = build_edge_sam(upsample_mode=upsample_mode, with_rpn=with_rpn)
     load_into(model, sd)
     return model.eval()

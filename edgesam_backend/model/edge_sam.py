@@ -15,6 +15,7 @@ from ..runtime.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .repvit import RepViT
+from .rpn import RegionProposalHead
 from .transformer import TwoWayTransformer
 
 EMBED_SIZE = 64
@@ -28,12 +29,18 @@ class EdgeSam(nn.Module):
     image_format: str = "RGB"
 
     def __init__(
-        self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        rpn_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        #: Optional region proposal module (keys ``rpn_head.*``; absent from the official checkpoints).
+        self.rpn_head = rpn_head
         self.register_buffer(
             "pixel_mean", torch.from_numpy(PIXEL_MEAN.copy()).view(-1, 1, 1), persistent=False
         )
@@ -92,9 +99,9 @@ def stability_score(
     return inter.to(torch.float32) / union.clamp(min=1).to(torch.float32)
 
 
-def build_edge_sam(upsample_mode: str = "bicubic") -> EdgeSam:
-    """Build an (untrained) EdgeSAM in eval mode. Load weights with
-    :func:`edgesam_backend.model.checkpoint.load_edge_sam`."""
+def build_edge_sam(upsample_mode: str = "bicubic", with_rpn: bool = False) -> EdgeSam:
+    """Build an (untrained) EdgeSAM in eval mode, optionally with the region proposal head.
+    Load weights with :func:`edgesam_backend.model.checkpoint.load_edge_sam`."""
     model = EdgeSam(
         image_encoder=RepViT(upsample_mode=upsample_mode),
         prompt_encoder=PromptEncoder(
@@ -110,5 +117,6 @@ def build_edge_sam(upsample_mode: str = "bicubic") -> EdgeSam:
             iou_head_depth=3,
             iou_head_hidden_dim=256,
         ),
+        rpn_head=RegionProposalHead() if with_rpn else None,
     )
     return model.eval()

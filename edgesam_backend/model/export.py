@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runtime import transforms
 from ..runtime.base import pack_prompt
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
 from ..weights import file_sha256
@@ -70,14 +71,20 @@ def reparameterize_encoder(encoder: RepViT) -> RepViT:
 
 
 class EncoderOnnxModel(nn.Module):
-    """``image (1, 3, 1024, 1024)`` → ``image_embeddings (1, 256, 64, 64)``."""
+    """``image (1, 3, 1024, 1024)`` → ``image_embeddings (1, 256, 64, 64)`` and, with a region proposal
+    head, ``proposal_logits (1, L)`` and ``proposal_ltrb (1, L, 4)`` (one encoder pass)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: RepViT, rpn_head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
+        self.rpn_head = rpn_head
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.encoder(image)
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.rpn_head is None:
+            return self.encoder(image)
+        emb, stages = self.encoder.forward_with_stages(image)
+        logits, ltrb = self.rpn_head.flatten(*self.rpn_head(stages))
+        return emb, logits, ltrb
 
 
 class DecoderOnnxModel(nn.Module):
@@ -135,7 +142,10 @@ def _set_metadata(path: Path, props: dict[str, str]) -> None:
 def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, reparam: bool = True) -> None:
     """Write the encoder ONNX (see module docstring)."""
     enc = reparameterize_encoder(model.image_encoder) if reparam else model.image_encoder
-    wrapper = EncoderOnnxModel(enc).eval()
+    wrapper = EncoderOnnxModel(enc, model.rpn_head).eval()
+    outputs = ["image_embeddings"] + (
+        ["proposal_logits", "proposal_ltrb"] if model.rpn_head is not None else []
+    )
     dummy = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer/constant-folding chatter; validation checks the result
@@ -144,7 +154,7 @@ def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, repar
             (dummy,),
             str(path),
             input_names=["image"],
-            output_names=["image_embeddings"],
+            output_names=outputs,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
@@ -210,8 +220,19 @@ def validate_export(
     image = _validation_image() if image is None else image
     tp = TorchPredictor(model)
     op = OnnxPredictor(encoder_path, decoder_path)
-    te, oe = tp.encode(image), op.encode(image)
-    enc_diff = float(np.abs(te.embeddings - oe.embeddings).max())
+    x, _ = transforms.preprocess(image)
+    t_out, o_out = tp._encode_outputs(x), op._encode_outputs(x)
+    if set(t_out) != set(o_out):
+        raise ExportError(f"encoder outputs differ: {sorted(t_out)} vs {sorted(o_out)}")
+    # relative for the proposal distances (pixels, up to ~1e3), absolute for the rest
+    enc_diff = max(
+        float(
+            np.abs(t_out[k] - o_out[k]).max()
+            / (max(1.0, float(np.abs(t_out[k]).max())) if k == "proposal_ltrb" else 1.0)
+        )
+        for k in t_out
+    )
+    te = tp.encode(image)
     h, w = image.shape[:2]
     prompts = {
         "point": ([[w * 0.4, h * 0.3]], [1], None),

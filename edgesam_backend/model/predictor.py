@@ -41,6 +41,19 @@ class TorchPredictor(BasePredictor):
         return self.model.image_encoder(torch.from_numpy(x).to(self.device)).cpu().numpy()
 
     @torch.inference_mode()
+    def _encode_outputs(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        rpn = self.model.rpn_head
+        if rpn is None:
+            return super()._encode_outputs(x)
+        emb, stages = self.model.image_encoder.forward_with_stages(torch.from_numpy(x).to(self.device))
+        logits, ltrb = rpn.flatten(*rpn(stages))
+        return {
+            "image_embeddings": emb.cpu().numpy(),
+            "proposal_logits": logits.cpu().numpy(),
+            "proposal_ltrb": ltrb.cpu().numpy(),
+        }
+
+    @torch.inference_mode()
     def _decode(
         self,
         embeddings: NDArray[np.float32],

@@ -19,6 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import transforms
 from .masks import MASK_THRESHOLD, stability_score
+from .proposals import Proposals, box_for_point, decode_proposals
 from .tokens import select_tokens
 
 #: Labels a user may give for points: 1 positive, 0 negative, -1 padding, -2 dummy (zero token).
@@ -41,11 +42,13 @@ class ImageEmbedding:
         embeddings: ``(1, 256, 64, 64)`` float32 image embeddings.
         original_hw: ``(H, W)`` of the original image.
         input_hw: ``(h, w)`` after the longest-side-1024 resize (before padding).
+        proposals: region proposals (original frame) when the encoder has the RPN head, else None.
     """
 
     embeddings: NDArray[np.float32]
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
+    proposals: Proposals | None = None
 
 
 @dataclass
@@ -177,12 +180,22 @@ class BasePredictor(ABC):
         """``coords (B, N, 2)``, ``labels (B, N)`` (model frame), ``mask_input (B, 1, 256, 256)`` or None →
         ``low_res_logits (B, 4, 256, 256)``, ``iou_predictions (B, 4)``, ``stability_scores (B, 4)``."""
 
+    def _encode_outputs(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """All encoder outputs: ``image_embeddings`` and, with an RPN, ``proposal_logits (1, L)`` and
+        ``proposal_ltrb (1, L, 4)``. Back ends with a region proposal head override this."""
+        return {"image_embeddings": self._encode_tensor(x)}
+
     # --- images ---------------------------------------------------------------------------------
     def encode(self, image: NDArray[np.uint8]) -> ImageEmbedding:
         """Encode an ``(H, W, 3)`` uint8 RGB image (pure: does not touch the default embedding)."""
         x, input_hw = transforms.preprocess(image)
-        emb = np.ascontiguousarray(self._encode_tensor(x), dtype=np.float32)
-        return ImageEmbedding(emb, (int(image.shape[0]), int(image.shape[1])), input_hw)
+        out = self._encode_outputs(x)
+        emb = np.ascontiguousarray(out["image_embeddings"], dtype=np.float32)
+        original_hw = (int(image.shape[0]), int(image.shape[1]))
+        proposals = None
+        if "proposal_logits" in out:
+            proposals = decode_proposals(out["proposal_logits"], out["proposal_ltrb"], input_hw, original_hw)
+        return ImageEmbedding(emb, original_hw, input_hw, proposals)
 
     def set_image(self, image: NDArray[np.uint8]) -> ImageEmbedding:
         """Encode ``image`` and make it the default for :meth:`predict`."""
@@ -237,6 +250,7 @@ class BasePredictor(ABC):
         num_multimask_outputs: int = 3,
         return_logits: bool = False,
         embedding: ImageEmbedding | None = None,
+        granularity_prior: bool = False,
     ) -> Prediction:
         """Predict masks for one prompt in the original image frame.
 
@@ -247,10 +261,20 @@ class BasePredictor(ABC):
             num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (tokens 0-3).
             return_logits: also return the upscaled logits.
             embedding: an :class:`ImageEmbedding` to use instead of the one from :meth:`set_image`.
+            granularity_prior: for a points-only prompt on an embedding with region proposals, add
+                the proposal box chosen for the last positive point (EdgeSAM's rule, see
+                :func:`~edgesam_backend.runtime.proposals.box_for_point`) or, when no proposal contains
+                it, two not-a-point box tokens; the result is then the single-mask token (K=1).
         """
-        sl = select_tokens(num_multimask_outputs)
         emb = embedding or self.embedding
-        coords, labels = pack_prompt(point_coords, point_labels, box, emb.original_hw)
+        if granularity_prior and box is None and point_coords is not None:
+            if emb.proposals is None:
+                raise PromptError("granularity_prior needs an encoder with the region proposal head")
+            coords, labels = self._prior_prompt(point_coords, point_labels, emb)
+            num_multimask_outputs = 1
+        else:
+            coords, labels = pack_prompt(point_coords, point_labels, box, emb.original_hw)
+        sl = select_tokens(num_multimask_outputs)
         low, iou, stab = self.predict_low_res(coords, labels, mask_input, emb)
         low, iou, stab = low[0, sl], iou[0, sl], stab[0, sl]
         logits = transforms.upscale_logits(low, emb.input_hw, emb.original_hw)
@@ -261,6 +285,24 @@ class BasePredictor(ABC):
             low_res_logits=np.ascontiguousarray(low),
             logits=logits if return_logits else None,
         )
+
+    @staticmethod
+    def _prior_prompt(
+        point_coords: ArrayLike, point_labels: ArrayLike | None, emb: ImageEmbedding
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        coords, labels = _as_points(point_coords, point_labels)
+        positives = np.flatnonzero(labels == 1)
+        if positives.size == 0:
+            return pack_prompt(coords, labels, None, emb.original_hw)
+        assert emb.proposals is not None
+        box, _ = box_for_point(emb.proposals, coords[positives[-1]])
+        if box is not None:
+            return pack_prompt(coords, labels, box, emb.original_hw)
+        c, lab = pack_prompt(coords, labels, None, emb.original_hw)  # points + padding point
+        # box-label extension: two not-a-point tokens stand in for the missing box
+        c = np.concatenate([c[:, :-1], np.zeros((1, 2, 2), np.float32)], axis=1)
+        lab = np.concatenate([lab[:, :-1], np.full((1, 2), -1.0, np.float32)], axis=1)
+        return c, lab
 
 
 __all__ = [

@@ -100,12 +100,21 @@ class OnnxPredictor(BasePredictor):
         self._enc_input = enc_inputs[0].name
         out_names = [o.name for o in self.encoder.get_outputs()]
         self._enc_output = "image_embeddings" if "image_embeddings" in out_names else out_names[0]
+        #: The encoder also emits the region proposal maps (exported with an RPN head).
+        self.has_proposals = {"proposal_logits", "proposal_ltrb"} <= set(out_names)
         self.flavour = detect_decoder_flavour(self.decoder)
         self.supports_mask_input = self.flavour == "edgesam-backend"
         self._official_stability = self.flavour == "official" and _official_scores_are_stability(decoder_path)
 
     def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.encoder.run([self._enc_output], {self._enc_input: x})[0]
+
+    def _encode_outputs(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        if not self.has_proposals:
+            return super()._encode_outputs(x)
+        names = [self._enc_output, "proposal_logits", "proposal_ltrb"]
+        emb, logits, ltrb = self.encoder.run(names, {self._enc_input: x})
+        return {"image_embeddings": emb, "proposal_logits": logits, "proposal_ltrb": ltrb}
 
     def _decode(
         self,

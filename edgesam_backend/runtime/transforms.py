@@ -58,10 +58,14 @@ def preprocess(image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], tuple[int
     return normalize_and_pad(resized), (resized.shape[0], resized.shape[1])
 
 
-def apply_coords(coords: ArrayLike, original_hw: tuple[int, int]) -> NDArray[np.float32]:
-    """(x, y) points ``(..., 2)`` in the original frame → model frame (float64 math, float32 out)."""
+def apply_coords(
+    coords: ArrayLike, original_hw: tuple[int, int], long_side: int = IMAGE_SIZE
+) -> NDArray[np.float32]:
+    """(x, y) points ``(..., 2)`` in the original frame → model frame (float64 math, float32 out).
+
+    ``long_side`` is the model input size (1024; smaller only for scaled-down training)."""
     old_h, old_w = original_hw
-    new_h, new_w = preprocess_shape(old_h, old_w)
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     c = np.array(coords, dtype=np.float64, copy=True)
     if c.shape[-1:] != (2,):
         raise ValueError(f"point coordinates must have shape (..., 2), got {c.shape}")
@@ -70,18 +74,22 @@ def apply_coords(coords: ArrayLike, original_hw: tuple[int, int]) -> NDArray[np.
     return c.astype(np.float32)
 
 
-def apply_boxes(boxes: ArrayLike, original_hw: tuple[int, int]) -> NDArray[np.float32]:
+def apply_boxes(
+    boxes: ArrayLike, original_hw: tuple[int, int], long_side: int = IMAGE_SIZE
+) -> NDArray[np.float32]:
     """XYXY boxes ``(..., 4)`` in the original frame → model frame."""
     b = np.asarray(boxes, dtype=np.float64)
     if b.shape[-1:] != (4,):
         raise ValueError(f"boxes must have shape (..., 4) in XYXY order, got {b.shape}")
-    return apply_coords(b.reshape(*b.shape[:-1], 2, 2), original_hw).reshape(b.shape)
+    return apply_coords(b.reshape(*b.shape[:-1], 2, 2), original_hw, long_side).reshape(b.shape)
 
 
-def model_to_original_coords(coords: ArrayLike, original_hw: tuple[int, int]) -> NDArray[np.float64]:
+def model_to_original_coords(
+    coords: ArrayLike, original_hw: tuple[int, int], long_side: int = IMAGE_SIZE
+) -> NDArray[np.float64]:
     """Inverse of :func:`apply_coords`: model-frame (x, y) ``(..., 2)`` → original-frame pixels."""
     old_h, old_w = original_hw
-    new_h, new_w = preprocess_shape(old_h, old_w)
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
     c = np.array(coords, dtype=np.float64, copy=True)
     c[..., 0] *= old_w / new_w
     c[..., 1] *= old_h / new_h
@@ -125,3 +133,159 @@ def _check_image(image: NDArray[np.uint8]) -> None:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError("image is empty")
+
+
+# --- automatic mask generation: point grids, crop boxes, crop-edge tests (SAM's geometry) ----------
+
+
+def build_point_grid(n_per_side: int) -> NDArray[np.float64]:
+    """``(n², 2)`` (x, y) points normalised to [0, 1]: an evenly spaced ``n x n`` grid whose points sit at
+    the centres of ``n`` equal cells per side (offset ``1/(2n)``, spacing ``1/n``), x varying fastest —
+    SAM's ``build_point_grid``. Multiply by ``(W, H)`` for pixels."""
+    n = int(n_per_side)
+    if n < 1:
+        raise ValueError(f"a point grid needs at least 1 point per side, got {n_per_side!r}")
+    offset = 1.0 / (2 * n)
+    side = np.linspace(offset, 1.0 - offset, n)
+    xs = np.tile(side[None, :], (n, 1))
+    ys = np.tile(side[:, None], (1, n))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(
+    n_per_side: int, n_layers: int, scale_per_layer: int
+) -> list[NDArray[np.float64]]:
+    """One grid per crop layer ``0..n_layers``: layer ``i`` has ``int(n_per_side / scale_per_layer**i)``
+    points per side (SAM's rule)."""
+    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(int(n_layers) + 1)]
+
+
+def generate_crop_boxes(
+    original_hw: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
+    """SAM's crop boxes: XYXY integer boxes and their layer indices.
+
+    Layer 0 is the whole image; layer ``i >= 1`` tiles the image with ``2**i x 2**i`` crops that overlap
+    by ``int(overlap_ratio * min(H, W) * 2 / 2**i)`` pixels; each crop is
+    ``ceil((overlap * (n - 1) + side) / n)`` long and starts at ``(len - overlap) * j``, clipped to the
+    image. Crops are listed x-major (for each x0, every y0), as SAM does.
+    """
+    im_h, im_w = int(original_hw[0]), int(original_hw[1])
+    short_side = min(im_h, im_w)
+    boxes: list[list[int]] = [[0, 0, im_w, im_h]]
+    layers = [0]
+    for i_layer in range(int(n_layers)):
+        n = 2 ** (i_layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / n))
+        crop_w = int(np.ceil((overlap * (n - 1) + im_w) / n))
+        crop_h = int(np.ceil((overlap * (n - 1) + im_h) / n))
+        x0s = [int((crop_w - overlap) * j) for j in range(n)]
+        y0s = [int((crop_h - overlap) * j) for j in range(n)]
+        for x0 in x0s:
+            for y0 in y0s:
+                boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+                layers.append(i_layer + 1)
+    return boxes, layers
+
+
+def box_xyxy_to_xywh(boxes: ArrayLike) -> NDArray:
+    """XYXY ``(..., 4)`` → XYWH (``w = x1 - x0``, ``h = y1 - y0``), dtype kept."""
+    b = np.array(boxes, copy=True)
+    b[..., 2] = b[..., 2] - b[..., 0]
+    b[..., 3] = b[..., 3] - b[..., 1]
+    return b
+
+
+def is_box_near_crop_edge(
+    boxes: ArrayLike, crop_box: ArrayLike, original_hw: tuple[int, int], atol: float = 20.0
+) -> NDArray[np.bool_]:
+    """``(N,)`` whether each XYXY box (original frame) lies within ``atol`` pixels of an edge of
+    ``crop_box`` (XYXY) that is not also an edge of the image — SAM's ``is_box_near_crop_edge``."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    crop = np.asarray(crop_box, dtype=np.float64).reshape(1, 4)
+    image = np.array([[0.0, 0.0, float(original_hw[1]), float(original_hw[0])]])
+    near_crop = np.abs(b - crop) <= atol
+    near_image = np.abs(b - image) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+# --- Label Studio: percent coordinates and image rotation ---------------------------------------
+# Label Studio gives region coordinates in percent (0-100) of ``original_width``/``original_height``.
+# They are converted to *float* pixels (``x / 100 * width``), never rounded: the predictor takes
+# sub-pixel prompts, and keeping the float is what makes the backend's mask identical to a direct
+# ``predict`` call with the same numbers. Rotations are clockwise degrees, as Label Studio's
+# ``image_rotation`` (a view rotated by 90 shows the original's left edge at the top).
+
+ROTATIONS = (0, 90, 180, 270)
+
+
+def percent_to_pixels(points_pct: ArrayLike, width: float, height: float) -> NDArray[np.float64]:
+    """(x, y) in percent ``(..., 2)`` of a ``width`` x ``height`` frame → float pixels (not rounded)."""
+    p = np.array(points_pct, dtype=np.float64, copy=True)
+    if p.shape[-1:] != (2,):
+        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
+    p[..., 0] = p[..., 0] / 100.0 * float(width)
+    p[..., 1] = p[..., 1] / 100.0 * float(height)
+    return p
+
+
+def pixels_to_percent(points_px: ArrayLike, width: float, height: float) -> NDArray[np.float64]:
+    """Inverse of :func:`percent_to_pixels`."""
+    p = np.array(points_px, dtype=np.float64, copy=True)
+    if p.shape[-1:] != (2,):
+        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
+    p[..., 0] = p[..., 0] * 100.0 / float(width)
+    p[..., 1] = p[..., 1] * 100.0 / float(height)
+    return p
+
+
+def normalize_rotation(degrees: float | None) -> int:
+    """``image_rotation`` → one of 0/90/180/270 (clockwise); other angles raise ``ValueError``."""
+    d = 0.0 if degrees is None else float(degrees)
+    if not np.isfinite(d) or d % 90:
+        raise ValueError(f"image rotation must be a multiple of 90 degrees, got {degrees!r}")
+    return int(d % 360)
+
+
+def rotated_size(width: int, height: int, rotation: int) -> tuple[int, int]:
+    """``(width, height)`` of a ``width`` x ``height`` image seen rotated by ``rotation``."""
+    return (height, width) if normalize_rotation(rotation) in (90, 270) else (width, height)
+
+
+def rotate_points(points: ArrayLike, width: float, height: float, rotation: int) -> NDArray[np.float64]:
+    """(x, y) ``(..., 2)`` in an unrotated ``width`` x ``height`` frame → the view rotated clockwise
+    by ``rotation`` (continuous coordinates, consistent with :func:`rotate_mask`)."""
+    r = normalize_rotation(rotation)
+    p = np.asarray(points, dtype=np.float64)
+    x, y = p[..., 0], p[..., 1]
+    if r == 0:
+        out = (x, y)
+    elif r == 90:
+        out = (height - y, x)
+    elif r == 180:
+        out = (width - x, height - y)
+    else:
+        out = (y, width - x)
+    return np.stack(out, axis=-1)
+
+
+def unrotate_points(points: ArrayLike, width: float, height: float, rotation: int) -> NDArray[np.float64]:
+    """Inverse of :func:`rotate_points`: points in the rotated view → the unrotated ``width`` x
+    ``height`` frame (``width``/``height`` are the *unrotated* image's)."""
+    r = normalize_rotation(rotation)
+    p = np.asarray(points, dtype=np.float64)
+    xr, yr = p[..., 0], p[..., 1]
+    if r == 0:
+        out = (xr, yr)
+    elif r == 90:
+        out = (yr, height - xr)
+    elif r == 180:
+        out = (width - xr, height - yr)
+    else:
+        out = (width - yr, xr)
+    return np.stack(out, axis=-1)
+
+
+def rotate_mask(mask: NDArray, rotation: int) -> NDArray:
+    """An ``(H, W)`` mask as seen rotated clockwise by ``rotation`` (a contiguous copy)."""
+    return np.ascontiguousarray(np.rot90(mask, k=-(normalize_rotation(rotation) // 90)))

@@ -1,0 +1,1 @@
+"""Training: region proposal module (``rpn``), synthetic data, and distillation (``[torch]`` extra)."""

@@ -1,0 +1,341 @@
+"""Training and evaluation of the region proposal module on COCO-format box annotations.
+
+``edgesam train-rpn config.yaml``: encoder frozen by default (as in the paper, so the RPN can be
+switched off without changing the model), sigmoid focal loss on objectness + GIoU box regression
+with FCOS-style centre sampling and per-level size ranges, AdamW with linear warm-up and cosine
+decay, periodic checkpoints (``last.pth``, full EdgeSAM state_dict with ``rpn_head.*`` keys plus
+optimiser state) and resume, and proposal recall at IoU 0.5 / 0.75 for K = 10 / 100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch.nn import functional as F
+
+from ..model.checkpoint import load_edge_sam
+from ..model.edge_sam import EdgeSam
+from ..runtime import transforms
+from ..runtime.image import load_image
+from ..runtime.proposals import box_iou, decode_proposals, location_points, nms
+
+#: Box-size ranges (max side, model-frame pixels) assigned to P3..P6.
+SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
+
+
+class RpnTrainConfig(BaseModel):
+    """Configuration of ``edgesam train-rpn`` (YAML keys = field names; unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_images: Path = Field(description="folder with the training images")
+    train_annotations: Path = Field(description="COCO instances json (boxes) for the training images")
+    val_images: Path | None = None
+    val_annotations: Path | None = None
+    output_dir: Path = Field(description="checkpoints and metrics go here")
+    checkpoint: str | None = Field(None, description="EdgeSAM weights (name or path); None = random init")
+    input_size: int = Field(1024, description="model input side; 1024 for real use, 256 for CPU tests")
+    freeze_encoder: bool = True
+    max_steps: int = Field(2000, gt=0)
+    batch_size: int = Field(4, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr: float | None = Field(None, description="encoder LR when not frozen (default: lr)")
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 10.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    box_loss_weight: float = 2.0
+    center_radius: float = 1.5
+    checkpoint_every: int = 200
+    eval_every: int = 0
+    eval_max_images: int = 200
+    log_every: int = 20
+    seed: int = 0
+    threads: int | None = None
+    resume: bool = True
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_64(cls, v: int) -> int:
+        if v % 64 or v < 128:
+            raise ValueError("input_size must be a multiple of 64 and at least 128")
+        return v
+
+
+class CocoBoxes:
+    """COCO images + class-agnostic XYXY boxes (crowd boxes skipped), preprocessed to ``input_size``."""
+
+    def __init__(self, images_dir: Path, annotations: Path, input_size: int) -> None:
+        data = json.loads(Path(annotations).read_text())
+        self.images_dir = Path(images_dir)
+        self.input_size = input_size
+        self.images = sorted(data["images"], key=lambda im: im["id"])
+        boxes: dict[int, list[list[float]]] = {im["id"]: [] for im in self.images}
+        for a in data["annotations"]:
+            if a.get("iscrowd", 0) or a["image_id"] not in boxes:
+                continue
+            x, y, w, h = a["bbox"]
+            if w > 1 and h > 1:
+                boxes[a["image_id"]].append([x, y, x + w, y + h])
+        self.boxes = {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in boxes.items()}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
+        """``(input (3, S, S) float32, boxes (G, 4) model frame, input_hw, original_hw)``."""
+        info = self.images[i]
+        img = load_image(self.images_dir / info["file_name"])
+        resized = transforms.resize_longest_side(img, self.input_size)
+        x = transforms.normalize_and_pad(resized, self.input_size)[0]
+        hw = img.shape[:2]
+        boxes = transforms.apply_boxes(self.boxes[info["id"]], hw, self.input_size)
+        return x, boxes, resized.shape[:2], hw
+
+
+def assign_targets(
+    points: torch.Tensor, strides: torch.Tensor, gt: torch.Tensor, center_radius: float = 1.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FCOS-style assignment. ``points (L, 2)``, ``strides (L,)``, ``gt (G, 4)`` XYXY →
+    ``labels (L,)`` bool and ``targets (L, 4)`` ltrb distances (valid where labels)."""
+    num = points.shape[0]
+    if gt.numel() == 0:
+        return torch.zeros(num, dtype=torch.bool), torch.zeros(num, 4)
+    px, py = points[:, 0:1], points[:, 1:2]
+    ltrb = torch.stack([px - gt[:, 0], py - gt[:, 1], gt[:, 2] - px, gt[:, 3] - py], dim=-1)  # (L, G, 4)
+    inside = ltrb.min(dim=-1).values > 0
+    cx, cy = (gt[:, 0] + gt[:, 2]) / 2, (gt[:, 1] + gt[:, 3]) / 2
+    r = center_radius * strides[:, None]
+    central = ((px - cx).abs() < r) & ((py - cy).abs() < r)
+    lo = torch.tensor([s[0] for s in SIZE_RANGES])
+    hi = torch.tensor([s[1] for s in SIZE_RANGES])
+    level = torch.log2(strides / 8).round().long()
+    max_side = ltrb.max(dim=-1).values
+    in_range = (max_side >= lo[level][:, None]) & (max_side <= hi[level][:, None])
+    ok = inside & central & in_range
+    area = ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))[None].expand(num, -1)
+    area = torch.where(ok, area, torch.full_like(area, math.inf))
+    best_area, best = area.min(dim=1)
+    labels = torch.isfinite(best_area)
+    targets = ltrb[torch.arange(num), best]
+    return labels, targets
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """GIoU loss of ltrb distance pairs ``(P, 4)`` sharing the same anchor point; mean over P."""
+    pl, pt, pr, pb = pred.unbind(-1)
+    tl, tt, tr, tb = target.unbind(-1)
+    pa = (pl + pr) * (pt + pb)
+    ta = (tl + tr) * (tt + tb)
+    iw = torch.minimum(pl, tl) + torch.minimum(pr, tr)
+    ih = torch.minimum(pt, tt) + torch.minimum(pb, tb)
+    inter = iw.clamp(min=0) * ih.clamp(min=0)
+    union = pa + ta - inter
+    iou = inter / union.clamp(min=1e-6)
+    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (
+        torch.maximum(pt, tt) + torch.maximum(pb, tb)
+    )
+    giou = iou - (enclose - union) / enclose.clamp(min=1e-6)
+    return (1 - giou).mean()
+
+
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    """Sigmoid focal loss summed over all elements."""
+    t = labels.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    pt = p * t + (1 - p) * (1 - t)
+    a = alpha * t + (1 - alpha) * (1 - t)
+    return (a * (1 - pt) ** gamma * ce).sum()
+
+
+def rpn_loss(
+    model: EdgeSam, x: torch.Tensor, gts: list[torch.Tensor], cfg: RpnTrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Focal + GIoU loss for a batch ``x (B, 3, S, S)`` with per-image GT boxes (model frame)."""
+    assert model.rpn_head is not None
+    with torch.set_grad_enabled(not cfg.freeze_encoder):
+        _, stages = model.image_encoder.forward_with_stages(x)
+    if cfg.freeze_encoder:
+        stages = [s.detach() for s in stages]
+    logits, ltrb = model.rpn_head.flatten(*model.rpn_head(stages))
+    pts_np, strides_np = location_points(cfg.input_size)
+    pts, strides = torch.from_numpy(pts_np), torch.from_numpy(strides_np)
+    labels, targets = zip(*(assign_targets(pts, strides, g, cfg.center_radius) for g in gts), strict=True)
+    lab = torch.stack(labels)
+    tgt = torch.stack(targets)
+    num_pos = max(1.0, float(lab.sum()))
+    cls = focal_loss(logits, lab, cfg.focal_alpha, cfg.focal_gamma) / num_pos
+    box = giou_loss(ltrb[lab], tgt[lab]) if lab.any() else ltrb.sum() * 0.0
+    loss = cls + cfg.box_loss_weight * box
+    return loss, {"loss": loss.item(), "cls": cls.item(), "box": box.item(), "pos": num_pos}
+
+
+@torch.inference_mode()
+def evaluate_recall(
+    model: EdgeSam,
+    data: CocoBoxes,
+    max_images: int | None = None,
+    ks: tuple[int, ...] = (10, 100),
+    ious: tuple[float, ...] = (0.5, 0.75),
+    nms_thresh: float = 0.7,
+) -> dict[str, float]:
+    """Proposal recall: fraction of GT boxes matched (IoU ≥ t) by one of the top-K proposals after NMS."""
+    assert model.rpn_head is not None
+    model.eval()
+    hits = {(k, t): 0 for k in ks for t in ious}
+    total = 0
+    n = len(data) if max_images is None else min(len(data), max_images)
+    for i in range(n):
+        x, _, input_hw, original_hw = data.load(i)
+        _, stages = model.image_encoder.forward_with_stages(torch.from_numpy(x)[None])
+        logits, ltrb = model.rpn_head.flatten(*model.rpn_head(stages))
+        props = decode_proposals(
+            logits.numpy(), ltrb.numpy(), input_hw, original_hw, score_thresh=0.0, input_size=data.input_size
+        )
+        gt = data.boxes[data.images[i]["id"]]
+        total += len(gt)
+        if len(gt) == 0 or len(props) == 0:
+            continue
+        keep = nms(props.boxes, props.scores, nms_thresh)
+        for k in ks:
+            iou = box_iou(gt, props.boxes[keep[:k]]).max(axis=1)
+            for t in ious:
+                hits[(k, t)] += int((iou >= t).sum())
+    return {f"recall@{t}_K{k}": hits[(k, t)] / max(total, 1) for k in ks for t in ious} | {"num_gt": total}
+
+
+def lr_at(step: int, cfg: RpnTrainConfig) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[int, list[int]]]:
+    """Deterministic shuffled batches (a new permutation per epoch), resumable at any step."""
+    per_epoch = max(1, n // batch)
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        perm = np.random.default_rng(seed + epoch).permutation(n)
+        yield step, [int(j) for j in perm[offset * batch : offset * batch + batch]]
+        step += 1
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
+    """Train (or resume) the region proposal head; returns the final metrics dict."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_edge_sam(cfg.checkpoint, with_rpn=True) if cfg.checkpoint else None
+    if model is None:
+        from ..model.edge_sam import build_edge_sam
+
+        model = build_edge_sam(with_rpn=True)
+    assert model.rpn_head is not None
+    train = CocoBoxes(cfg.train_images, cfg.train_annotations, cfg.input_size)
+    val = CocoBoxes(cfg.val_images, cfg.val_annotations, cfg.input_size) if cfg.val_images else None
+    if len(train) == 0:
+        raise ValueError(f"no training images in {cfg.train_annotations}")
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": list(model.rpn_head.parameters()), "lr_scale": 1.0}]
+    for p in model.rpn_head.parameters():
+        p.requires_grad_(True)
+    if not cfg.freeze_encoder:
+        enc = list(model.image_encoder.parameters())
+        for p in enc:
+            p.requires_grad_(True)
+        groups.append({"params": enc, "lr_scale": (cfg.encoder_lr or cfg.lr) / cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = 0
+    last = out / "last.pth"
+    if cfg.resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log(f"resumed from {last} at step {start}")
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    step = start
+    for step, idx in _batches(len(train), cfg.batch_size, cfg.seed, start):
+        if step >= cfg.max_steps:
+            break
+        model.rpn_head.train()
+        model.image_encoder.train(not cfg.freeze_encoder)
+        items = [train.load(i) for i in idx]
+        x = torch.from_numpy(np.stack([it[0] for it in items]))
+        gts = [torch.from_numpy(it[1]) for it in items]
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        loss, stats = rpn_loss(model, x, gts, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        history.append({"step": step, "lr": lr, **stats})
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            log(
+                f"step {step + 1}/{cfg.max_steps} loss {stats['loss']:.4f} cls {stats['cls']:.4f} "
+                f"box {stats['box']:.4f} lr {lr:.2e} ({time.perf_counter() - t0:.0f}s)"
+            )
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step + 1,
+                    "config": cfg.model_dump(mode="json"),
+                },
+                last,
+            )
+        if val is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            log(json.dumps({"step": step + 1, **evaluate_recall(model, val, cfg.eval_max_images)}))
+    final_step = max(step, start) if history else start
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": final_step,
+            "config": cfg.model_dump(mode="json"),
+        },
+        last,
+    )
+    _atomic_save(model.state_dict(), out / "edge_sam_rpn.pth")  # plain state_dict: loads in the engine
+    metrics: dict[str, Any] = {"steps": final_step, "seconds": round(time.perf_counter() - t0, 1)}
+    if history:
+        k = max(1, len(history) // 10)
+        metrics["loss_first"] = float(np.mean([h["loss"] for h in history[:k]]))
+        metrics["loss_last"] = float(np.mean([h["loss"] for h in history[-k:]]))
+    if val is not None:
+        metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    return metrics

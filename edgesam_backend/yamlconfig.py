@@ -1,0 +1,94 @@
+"""YAML → pydantic with errors that point at the YAML line and column.
+
+``load_yaml_model(path, Model)`` parses with PyYAML, expands ``${ENV}`` / ``${ENV:-default}`` in
+string scalars, validates with pydantic, and raises :class:`ConfigError` whose message lists each
+problem as ``file:line:col: key.path: message``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A YAML config could not be read or validated; the message names file, line and key."""
+
+
+def _locate(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
+    """The deepest YAML node along the pydantic error location ``loc``."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if nxt is None:  # an unknown/extra key: point at the key itself
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == str(part)), None)
+                return key or node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+    return node
+
+
+def expand_env(value: Any) -> Any:
+    """Recursively expand ``${VAR}`` and ``${VAR:-default}`` in strings; unknown vars without a
+    default raise :class:`ConfigError`."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}})")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    return value
+
+
+def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
+    """Read, expand and validate ``path`` as ``model``; see module docstring for the error format."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}:1:1: expected a mapping of keys, got {type(data).__name__}")
+    data = expand_env(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            node = _locate(root, tuple(err["loc"]))
+            mark = node.start_mark if node is not None else None
+            where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+            key = ".".join(map(str, err["loc"])) or "<root>"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{where}: {key}: {msg}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
