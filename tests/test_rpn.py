@@ -12,14 +12,13 @@ import torch
 from edgesam_backend.model.checkpoint import load_edge_sam
 from edgesam_backend.model.edge_sam import build_edge_sam
 from edgesam_backend.runtime.base import ImageEmbedding
+from edgesam_backend.runtime.boxes import box_iou, nms
 from edgesam_backend.runtime.proposals import (
     Proposals,
     box_for_point,
-    box_iou,
     decode_proposals,
     level_shapes,
     location_points,
-    nms,
 )
 from edgesam_backend.training.rpn import (
     RpnTrainConfig,
@@ -192,6 +191,19 @@ def test_export_with_proposals_and_granularity_prior(tmp_path):
     o_raw, t_raw = op._encode_outputs(x), tp._encode_outputs(x)
     np.testing.assert_allclose(o_raw["proposal_logits"], t_raw["proposal_logits"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(o_raw["proposal_ltrb"], t_raw["proposal_ltrb"], rtol=1e-4, atol=1e-3)
+
+    # proposal-prompted everything mode: top-K after NMS as box prompts, ceil(K / batch) decoder calls
+    from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+
+    amg = AutomaticMaskGenerator(op, points_per_batch=16, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    records, stats = amg.generate_from_proposals(oe, top_k=20, return_stats=True)
+    top = oe.proposals.top(20, 0.7)
+    assert stats["prompts"] == len(top) and stats["decoder_calls"] == -(-len(top) // 16)
+    assert 0 < len(records) <= len(top)
+    assert all(r["segmentation"].shape == image.shape[:2] for r in records)
+    plain = build_edge_sam()
+    with pytest.raises(ValueError, match="no region proposal head"):
+        AutomaticMaskGenerator(TorchPredictor(plain)).generate_from_proposals(image)
 
     point = (320.0, 200.0)
     box, _ = box_for_point(oe.proposals, point)

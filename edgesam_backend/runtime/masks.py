@@ -103,8 +103,6 @@ def encode_rles(
     """pycocotools (compressed) RLEs of ``(N, h, w)`` masks, each pasted at ``offset_xy`` into an
     ``original_hw`` canvas (un-cropping). One transposed copy into pycocotools' Fortran layout and one
     ``encode`` call for the whole batch."""
-    from pycocotools import mask as mask_utils
-
     m = np.asarray(masks, dtype=bool)
     if m.ndim != 3:
         raise ValueError(f"expected masks (N, H, W), got {m.shape}")
@@ -117,7 +115,24 @@ def encode_rles(
         raise ValueError(f"masks {h}x{w} at {offset_xy} do not fit in {big_h}x{big_w}")
     buf = np.zeros((n, big_w, big_h), dtype=np.uint8)  # memory order of a Fortran (H, W, N) array
     buf[:, x0 : x0 + w, y0 : y0 + h] = m.transpose(0, 2, 1)
-    return mask_utils.encode(buf.transpose(2, 1, 0))
+    return encode_rles_transposed(buf)
+
+
+def encode_rles_transposed(masks_t: NDArray) -> list[dict]:
+    """pycocotools RLEs of masks given transposed, ``(N, W, H)`` C-contiguous (bool or uint8): exactly
+    pycocotools' Fortran ``(H, W, N)`` layout, so ``encode`` runs on a view without any copy."""
+    from pycocotools import mask as mask_utils
+
+    m = np.ascontiguousarray(masks_t)
+    if m.ndim != 3:
+        raise ValueError(f"expected transposed masks (N, W, H), got {m.shape}")
+    if m.shape[0] == 0:
+        return []
+    if m.dtype == np.bool_:
+        m = m.view(np.uint8)
+    elif m.dtype != np.uint8:
+        m = m.astype(np.uint8)
+    return mask_utils.encode(m.transpose(2, 1, 0))
 
 
 def decode_rles(rles: list[dict]) -> NDArray[np.bool_]:

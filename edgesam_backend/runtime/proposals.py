@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import transforms
+from .boxes import nms
 
 STRIDES = (8, 16, 32, 64)
 
@@ -58,37 +59,6 @@ def location_points(
         pts.append(np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s], axis=1))
         strides.append(np.full(h * w, s))
     return np.concatenate(pts).astype(np.float32), np.concatenate(strides).astype(np.float32)
-
-
-def box_iou(a: NDArray, b: NDArray) -> NDArray[np.float64]:
-    """Pairwise IoU of XYXY boxes ``(N, 4)`` x ``(M, 4)`` → ``(N, M)``."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def nms(boxes: ArrayLike, scores: ArrayLike, iou_thresh: float) -> NDArray[np.int64]:
-    """Greedy NMS; returns kept indices in descending score order."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    if order.size == 0:
-        return order.astype(np.int64)
-    iou = box_iou(boxes[order], boxes[order])
-    suppressed = np.zeros(order.size, dtype=bool)
-    keep = []
-    for i in range(order.size):
-        if suppressed[i]:
-            continue
-        keep.append(order[i])
-        suppressed |= iou[i] > iou_thresh
-    return np.asarray(keep, dtype=np.int64)
 
 
 def decode_proposals(

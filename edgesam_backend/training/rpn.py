@@ -25,8 +25,9 @@ from torch.nn import functional as F
 from ..model.checkpoint import load_edge_sam
 from ..model.edge_sam import EdgeSam
 from ..runtime import transforms
+from ..runtime.boxes import box_iou, nms
 from ..runtime.image import load_image
-from ..runtime.proposals import box_iou, decode_proposals, location_points, nms
+from ..runtime.proposals import decode_proposals, location_points
 
 #: Box-size ranges (max side, model-frame pixels) assigned to P3..P6.
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
