@@ -42,22 +42,6 @@ def list_images() -> list[Path]:
     return sorted(files, key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name))
 
 
-def placeholder_boxes(records: list[dict], hw: tuple[int, int], k: int, seed: int) -> tuple[np.ndarray, int]:
-    """K XYXY boxes: up to K grid-mask boxes (evenly sampled), then seeded random boxes."""
-    h, w = hw
-    from_masks = [[x, y, x + bw, y + bh] for x, y, bw, bh in (r["bbox"] for r in records)]
-    if len(from_masks) > k:
-        from_masks = [from_masks[i] for i in np.linspace(0, len(from_masks) - 1, k).astype(int)]
-    rng = np.random.default_rng(seed)
-    n = k - len(from_masks)
-    side = min(h, w) * np.exp(rng.uniform(np.log(0.05), np.log(0.6), (n, 2)))
-    centre = rng.uniform([0, 0], [w, h], (n, 2))
-    rand = np.concatenate([centre - side / 2, centre + side / 2], axis=1)
-    rand = np.clip(rand, 0, [w - 1, h - 1, w - 1, h - 1])
-    boxes = np.concatenate([np.asarray(from_masks, np.float64).reshape(-1, 4), rand], axis=0)
-    return boxes, len(from_masks)
-
-
 def summarise(rows: list[dict]) -> dict:
     keys = ("total_s", "encoder_s", "decoder_s", "postprocess_s", "upscale_s")
     out = {f"median_{k}": round(statistics.median(r[k] for r in rows), 3) for k in keys}
@@ -89,7 +73,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=18, help="the first N images (numeric order, truck last)")
     ap.add_argument("--names", nargs="*", default=None, help="explicit image file names instead")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--boxes", type=int, default=100)
+    ap.add_argument("--boxes", type=int, default=100, help="K: proposals used as box prompts")
+    ap.add_argument(
+        "--rpn-checkpoint",
+        type=Path,
+        default=None,
+        help="EdgeSAM checkpoint with rpn_head.* weights (default: --checkpoint plus an untrained head "
+        "whose objectness bias is raised so that it proposes boxes; timing does not depend on quality)",
+    )
     ap.add_argument("--worst-case-images", type=int, default=1)
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -101,37 +92,61 @@ def main() -> None:
     from edgesam_backend.runtime.predictor import OnnxPredictor
 
     cv2.setNumThreads(args.threads)
+    import torch
+
+    from edgesam_backend.model.checkpoint import load_edge_sam
+    from edgesam_backend.model.export import export_onnx
+
     onnx_dir = args.onnx_dir
     if onnx_dir is None:
-        from edgesam_backend.model.export import export_onnx
-
         onnx_dir = Path(tempfile.mkdtemp(prefix="edgesam-everything-"))
         export_onnx(args.checkpoint, onnx_dir)
     pred = OnnxPredictor(
         onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx", intra_op_num_threads=args.threads
     )
+    rpn_model = load_edge_sam(args.rpn_checkpoint or args.checkpoint, with_rpn=True)
+    if args.rpn_checkpoint is None:
+        with torch.no_grad():
+            rpn_model.rpn_head.cls.bias.fill_(2.0)
+    rpn_dir = Path(tempfile.mkdtemp(prefix="edgesam-everything-rpn-"))
+    export_onnx(rpn_model, rpn_dir)
+    rpn_pred = OnnxPredictor(
+        rpn_dir / "encoder.onnx", rpn_dir / "decoder.onnx", intra_op_num_threads=args.threads
+    )
 
     paths = [IMAGES / n for n in args.names] if args.names else list_images()[: args.images]
     grid = AutomaticMaskGenerator(pred)  # defaults: 32x32, 64 per batch, stability >= 0.95
-    boxes_gen = AutomaticMaskGenerator(pred)
+    boxes_gen = AutomaticMaskGenerator(rpn_pred)
     worst = AutomaticMaskGenerator(pred, stability_score_thresh=0.0)
 
     # warm-up (not timed): one encode and one full decoder batch
     first = load_image(paths[0])
     emb = pred.encode(first)
+    rpn_pred.encode(first)
     pts = np.zeros((64, 2, 2), np.float32)
     pred.predict_low_res(pts, np.tile(np.array([1.0, -1.0], np.float32), (64, 1)), embedding=emb)
 
+    # the region proposal module's share of the encoder (same weights, exported with and without it)
+    from edgesam_backend.runtime.transforms import preprocess
+
+    x, _ = preprocess(first)
+    enc_ms, rpn_enc_ms = [], []
+    for _ in range(7):
+        t = time.perf_counter()
+        pred._encode_outputs(x)
+        enc_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        rpn_pred._encode_outputs(x)
+        rpn_enc_ms.append((time.perf_counter() - t) * 1000)
+    enc_med, rpn_med = float(np.median(enc_ms)), float(np.median(rpn_enc_ms))
+
     grid_rows, box_rows, worst_rows = [], [], []
-    from_mask_boxes = 0
     for i, path in enumerate(paths):
         image = load_image(path)
         hw = (int(image.shape[0]), int(image.shape[1]))
-        records, st = grid.generate(image, return_stats=True)
+        _, st = grid.generate(image, return_stats=True)
         grid_rows.append(row(path.name, hw, st))
-        boxes, n_from_masks = placeholder_boxes(records, hw, args.boxes, seed=i)
-        from_mask_boxes += n_from_masks
-        _, st = boxes_gen.generate_from_boxes(image, boxes, return_stats=True)
+        _, st = boxes_gen.generate_from_proposals(image, top_k=args.boxes, return_stats=True)
         box_rows.append(row(path.name, hw, st))
         if i < args.worst_case_images:
             _, st = worst.generate(image, return_stats=True)
@@ -160,14 +175,28 @@ def main() -> None:
             **summarise(worst_rows),
             "per_image": worst_rows,
         },
-        "boxes": {
-            "placeholder": True,
-            "prompts": f"K={args.boxes} per image: {from_mask_boxes} boxes of grid masks in total + seeded "
-            "random boxes (PLACEHOLDER until region proposals are wired)",
-            "settings": "generate_from_boxes, points_per_batch=64, token 0, stability_score_thresh=0.95",
+        "proposals": {
+            "prompts": f"top-{args.boxes} region proposals after NMS 0.7 as box prompts",
+            "rpn_weights": str(args.rpn_checkpoint)
+            if args.rpn_checkpoint
+            else "untrained head (bias raised)",
+            "settings": "generate_from_proposals, points_per_batch=64, token 0, stability_score_thresh=0.95",
             "includes_encoder": True,
             **summarise(box_rows),
             "per_image": box_rows,
+        },
+        "speedup_proposals_vs_grid": round(
+            summarise(grid_rows)["median_total_s"] / max(summarise(box_rows)["median_total_s"], 1e-9), 2
+        ),
+        "prompt_ratio_grid_over_proposals": round(
+            float(np.median([r["prompts"] for r in grid_rows]))
+            / max(1.0, float(np.median([r["prompts"] for r in box_rows]))),
+            2,
+        ),
+        "encoder_ms": {
+            "without_rpn": round(enc_med, 1),
+            "with_rpn": round(rpn_med, 1),
+            "rpn_share": round((rpn_med - enc_med) / enc_med, 3),
         },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": {
