@@ -16,6 +16,7 @@ from .runtime.base import BasePredictor
 BACKENDS = ("onnx", "torch")
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+INT8_ENCODER_FILE = "encoder.int8.onnx"  # written by `edgesam export --int8` (runtime/quantize.py)
 
 
 class EngineError(RuntimeError):
@@ -63,14 +64,20 @@ def load_predictor(
     backend: str = "onnx",
     onnx_dir: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    int8: bool = False,
 ) -> BasePredictor:
     """A predictor for ``checkpoint`` (model name or path) and/or ``onnx_dir``.
 
     ``backend="onnx"``: onnxruntime; with only ``onnx_dir`` no checkpoint is needed (official ONNX
     files work too). ``backend="torch"``: PyTorch eager from the checkpoint.
+
+    ``int8=True`` (onnx only; off by default) uses the static-int8 encoder ``encoder.int8.onnx`` from
+    the same directory (written by ``edgesam export --int8``); it is never created implicitly.
     """
     if backend not in BACKENDS:
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if int8 and backend != "onnx":
+        raise EngineError("the int8 encoder is an ONNX model: use backend='onnx'")
     if backend == "torch":
         if checkpoint is None:
             raise EngineError("the torch backend needs --checkpoint")
@@ -91,4 +98,11 @@ def load_predictor(
         enc, dec = onnx_files(onnx_dir)
     else:
         enc, dec = ensure_onnx(checkpoint, onnx_dir)
+    if int8:
+        enc = enc.with_name(INT8_ENCODER_FILE)
+        if not enc.is_file():
+            raise EngineError(
+                f"int8 encoder requested but {enc} does not exist "
+                "(write it with `edgesam export --int8 --calibration-images DIR`)"
+            )
     return OnnxPredictor(enc, dec, intra_op_num_threads=threads)
