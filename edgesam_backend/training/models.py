@@ -1,0 +1,140 @@
+"""Student and teacher models at any input size, for distillation and evaluation.
+
+The prompt encoder's frame scales with the input: ``image_embedding_size = S/16`` and
+``input_image_size = S`` (its weights do not depend on the size), so a 128-px run keeps every ratio of
+the 1024-px recipe (embedding S/16, low-res masks 4x the embedding).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..model.checkpoint import CheckpointError, check_state_dict, unwrap_state_dict
+from ..model.common import LayerNorm2d
+from ..model.edge_sam import EdgeSam, build_edge_sam
+from ..model.prompt_encoder import PromptEncoder
+from ..model.repvit import Conv2d_BN, OpSequential, RepViTBlock
+from ..model.sam_vit import SamTeacher, build_sam_teacher
+from ..model.upsample import UpSampleLayer
+
+EMBED_STRIDE = 16
+
+
+def set_prompt_frame(pe: PromptEncoder, image_size: int) -> PromptEncoder:
+    """Point ``pe`` at an ``image_size`` input (embedding ``image_size/16``, masks 4x that), in place."""
+    e = image_size // EMBED_STRIDE
+    pe.image_embedding_size = (e, e)
+    pe.input_image_size = (image_size, image_size)
+    pe.mask_input_size = (4 * e, 4 * e)
+    return pe
+
+
+class SlimRepViT(nn.Module):
+    """RepViT topology with one block per stage (widths ``w0..w3``, strides 4/8/16/32) and the same
+    fuse neck: ``(B, 3, S, S)`` → ``(B, 256, S/16, S/16)``. For fast experiments only: its state_dict
+    is not EdgeSAM's official layout."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 128), upsample_mode: str = "bicubic"):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.stem = nn.Sequential(Conv2d_BN(3, w0 // 2, 3, 2, 1), nn.GELU(), Conv2d_BN(w0 // 2, w0, 3, 2, 1))
+        self.stages = nn.ModuleList(
+            [
+                RepViTBlock(w0, 2 * w0, w0, 3, 1, True),
+                RepViTBlock(w0, 2 * w1, w1, 3, 2, False),
+                RepViTBlock(w1, 2 * w2, w2, 3, 2, False),
+                RepViTBlock(w2, 2 * w3, w3, 3, 2, False),
+            ]
+        )
+        self.fuse_stage2 = nn.Conv2d(w2, 256, 1, bias=False)
+        self.fuse_stage3 = OpSequential(
+            [nn.Conv2d(w3, 256, 1, bias=False), UpSampleLayer(mode=upsample_mode)]
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(256, 256, 1, bias=False),
+            LayerNorm2d(256),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False),
+            LayerNorm2d(256),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return self.neck(self.fuse_stage2(feats[2]) + self.fuse_stage3(feats[3]))
+
+
+def build_student(
+    image_size: int,
+    arch: str = "edge_sam",
+    slim_widths: tuple[int, int, int, int] = (16, 32, 64, 128),
+    upsample_mode: str = "bicubic",
+) -> EdgeSam:
+    """EdgeSAM (or its slim variant) with the prompt frame set for ``image_size``; train mode off."""
+    model = build_edge_sam(upsample_mode=upsample_mode)
+    if arch == "slim":
+        model.image_encoder = SlimRepViT(tuple(slim_widths), upsample_mode)
+    elif arch != "edge_sam":
+        raise ValueError(f"unknown student arch {arch!r}")
+    set_prompt_frame(model.prompt_encoder, image_size)
+    return model.eval()
+
+
+def build_teacher(
+    kind: str, checkpoint: str | os.PathLike[str] | None, image_size: int, seed: int = 0
+) -> SamTeacher:
+    """SAM teacher at ``image_size``; random weights (seeded, with non-zero position tables) when
+    ``checkpoint`` is None."""
+    if checkpoint is not None:
+        return build_sam_teacher(kind, checkpoint, img_size=image_size)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        teacher = build_sam_teacher(kind, None, img_size=image_size)
+        with torch.no_grad():  # SAM initialises these to zero; random values exercise them
+            teacher.image_encoder.pos_embed.normal_(0, 0.02)
+            for blk in teacher.image_encoder.blocks:
+                blk.attn.rel_pos_h.normal_(0, 0.02)
+                blk.attn.rel_pos_w.normal_(0, 0.02)
+    return teacher
+
+
+def student_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The student weights inside a training checkpoint (``last.pth``: ``{"model": ...}``) or a plain
+    state_dict file's content."""
+    return unwrap_state_dict(obj)
+
+
+def load_student_weights(
+    model: EdgeSam, source: str | os.PathLike[str] | Mapping[str, Any], official: bool
+) -> None:
+    """Load a state_dict (path or object) into ``model`` strictly. ``official``: also check EdgeSAM's
+    official key/shape layout first (the real topology)."""
+    if not isinstance(source, Mapping):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        try:
+            source = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt files
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    sd = student_state_dict(source)
+    if official:
+        check_state_dict(sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint does not fit the student: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatches {wrong[:5]}"
+        )
+    model.load_state_dict(sd, strict=True)

@@ -1,0 +1,77 @@
+"""Prompt rules shared by distillation and evaluation.
+
+* :func:`subsample_prompts`: at most ``max_prompts`` instances per image, drawn uniformly **with
+  replacement** when there are more (``torch.randint``), all of them otherwise.
+* :func:`sample_disagreement_points`: prompt-in-the-loop / refinement points. Against a reference
+  (the teacher's mask in training, the ground truth in evaluation): pixels where the prediction is
+  foreground and the reference background (false positives) give a **negative** point (label 0),
+  the reverse (false negatives) a **positive** one (label 1), drawn uniformly from the union; fewer than
+  ``min_pixels_per_point * n_points`` disagreeing pixels give the dummy point (0, 0) with label -2
+  (a zero token). Grid pixels ``(col, row)`` are scaled to the model frame by ``scale`` (1024/256 = 4).
+* :func:`select_by_iou`: with several output tokens, the mask of the teacher's highest IoU prediction.
+* :func:`center_point`: the mask pixel farthest from the boundary (argmax of the distance transform).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+DUMMY_LABEL = -2
+
+
+def subsample_prompts(num: int, max_prompts: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of the prompts used for an image with ``num`` instances."""
+    if num > max_prompts:
+        return torch.randint(num, (max_prompts,), generator=generator)
+    return torch.arange(num)
+
+
+def sample_disagreement_points(
+    pred: torch.Tensor,
+    ref: torch.Tensor,
+    n_points: int = 1,
+    *,
+    scale: float = 4.0,
+    min_pixels_per_point: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pred``, ``ref``: ``(N, H, W)`` bool (prediction, reference) → ``coords (N, n_points, 2)``
+    float (x, y) in the model frame and ``labels (N, n_points)`` int64 (1 FN, 0 FP, -2 dummy)."""
+    pred = pred.bool()
+    ref = ref.bool()
+    n, _, w = pred.shape
+    fn = ref & ~pred
+    err = (pred ^ ref).reshape(n, -1)
+    count = err.sum(dim=1)
+    enough = count >= min_pixels_per_point * n_points
+    weights = err.float()
+    weights[~enough] = 1.0  # placeholder draw, replaced by the dummy point below
+    weights = weights.cpu()
+    idx = torch.multinomial(weights, n_points, replacement=False, generator=generator).to(pred.device)
+    ys, xs = idx // w, idx % w
+    labels = torch.gather(fn.reshape(n, -1), 1, idx).long()
+    coords = torch.stack([xs, ys], dim=-1).float() * scale
+    coords[~enough] = 0.0
+    labels[~enough] = DUMMY_LABEL
+    return coords, labels
+
+
+def select_by_iou(iou: torch.Tensor, *masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``iou (N, C)``, masks ``(N, C, H, W)`` → each mask's ``(N, H, W)`` at ``argmax(iou)`` per row."""
+    k = iou.argmax(dim=1)
+    rows = torch.arange(iou.shape[0], device=iou.device)
+    return tuple(m[rows, k] for m in masks)
+
+
+def center_point(mask: NDArray[np.bool_]) -> tuple[float, float]:
+    """(x, y) of the mask pixel farthest from the background (exact Euclidean distance transform;
+    ties → first in raster order). The image border is not background, as in the official kornia code."""
+    m = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8))
+    if not m.any():
+        raise ValueError("center_point of an empty mask")
+    dist = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x), float(y)
