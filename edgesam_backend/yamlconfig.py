@@ -24,20 +24,32 @@ class ConfigError(ValueError):
 
 
 def _locate(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along the pydantic error location ``loc``."""
+    """The deepest YAML node along the pydantic error location ``loc``.
+
+    Parts that are not keys of the current mapping but are followed by more parts are union tags that
+    pydantic inserts (``('steps', 1, 'prompt.grid', 'points_per_side')``): they are skipped.
+    """
     node = root
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             nxt = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-            if nxt is None:  # an unknown/extra key: point at the key itself
-                key = next((k for k, _ in node.value if getattr(k, "value", None) == str(part)), None)
-                return key or node
+            if nxt is None and i + 1 < len(loc):  # a union tag, not a key
+                continue
+            if nxt is None:  # a missing key: point at the mapping
+                return node
             node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
         else:
             break
     return node
+
+
+def locate(path: str | os.PathLike[str], root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
+    """``file:line:col`` of the YAML node at pydantic error location ``loc`` (``file`` alone if unknown)."""
+    node = _locate(root, loc)
+    mark = node.start_mark if node is not None else None
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
 
 
 def expand_env(value: Any) -> Any:
@@ -85,9 +97,7 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            node = _locate(root, tuple(err["loc"]))
-            mark = node.start_mark if node is not None else None
-            where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+            where = locate(p, root, tuple(err["loc"]))
             key = ".".join(map(str, err["loc"])) or "<root>"
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             lines.append(f"{where}: {key}: {msg}")

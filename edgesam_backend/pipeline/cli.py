@@ -1,0 +1,108 @@
+"""``edgesam run | validate | schema`` (wired into :mod:`edgesam_backend.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
+COMMANDS = ("run", "validate", "schema")
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:
+    sets = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "override a config value: steps[1].points_per_side=16, steps[prompt.grid].points_per_side=16",
+    }
+    r = sub.add_parser("run", help="run a YAML pipeline (bulk segmentation; resumes where it stopped)")
+    r.add_argument("pipeline", type=Path, help="pipeline YAML")
+    r.add_argument("--set", dest="overrides", **sets)
+    r.add_argument("--output-dir", type=Path, help="override output_dir (relative to the current directory)")
+    r.add_argument("--executor", choices=("local", "ray"), help="override the executor type")
+    r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files)")
+    v.add_argument("pipeline", type=Path)
+    v.add_argument("--set", dest="overrides", **sets)
+    v.add_argument("--no-check-paths", action="store_true", help="do not require input files to exist")
+    s = sub.add_parser(
+        "schema", help="write the pipeline JSON Schema (default: schemas/pipeline.schema.json)"
+    )
+    s.add_argument("--out", default=str(DEFAULT_SCHEMA_PATH), help="output file, or - for stdout")
+    s.add_argument("--check", action="store_true", help="exit 1 if the file is not up to date")
+    s.add_argument(
+        "--all-steps",
+        action="store_true",
+        help="include third-party steps (the committed schema has built-ins only)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.overrides)
+    if getattr(args, "output_dir", None) is not None:
+        out.append(f"output_dir={json.dumps(str(args.output_dir.resolve()))}")
+    return out
+
+
+def run_command(args: argparse.Namespace, error_cls: type[Exception]) -> int:
+    """Dispatch one of :data:`COMMANDS`; user errors are raised as ``error_cls(message)``."""
+    from ..yamlconfig import ConfigError
+    from .base import PipelineError
+    from .config import load_pipeline, schema_text
+
+    if args.command == "schema":
+        text = schema_text(builtins_only=not args.all_steps)
+        if args.out == "-":
+            sys.stdout.write(text)
+            return 0
+        out = Path(args.out)
+        if args.check:
+            current = out.read_text(encoding="utf-8") if out.is_file() else None
+            if current != text:
+                print(f"edgesam: {out} is out of date: run `edgesam schema`", file=sys.stderr)
+                return 1
+            print(json.dumps({"schema": str(out), "up_to_date": True}))
+            return 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(json.dumps({"schema": str(out)}))
+        return 0
+
+    try:
+        pipe = load_pipeline(
+            args.pipeline, _overrides(args), check_paths=not getattr(args, "no_check_paths", False)
+        )
+    except ConfigError as exc:
+        raise error_cls(str(exc)) from None
+    if args.command == "validate":
+        steps = [s.kind for s in pipe.steps]  # type: ignore[attr-defined]
+        info: dict[str, Any] = {
+            "valid": True,
+            "pipeline": str(args.pipeline),
+            "steps": steps,
+            "executor": pipe.executor.type,
+            "output_dir": pipe.output_dir,
+            "checked": ["yaml", "env", "pydantic", "step order", "files", "jsonschema"],
+        }
+        print(json.dumps(info))
+        return 0
+
+    from .runner import PipelineStopped, run_pipeline
+
+    try:
+        summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
+    except PipelineStopped as exc:
+        print(json.dumps(exc.summary))
+        print(f"edgesam: error: {exc}", file=sys.stderr)
+        return 1
+    except PipelineError as exc:
+        raise error_cls(str(exc)) from None
+    print(json.dumps(summary))
+    return 0
+
+
+__all__ = ["COMMANDS", "add_arguments", "run_command"]

@@ -1,0 +1,234 @@
+"""The Ray executor (``executor: {type: ray}``, needs the ``[ray]`` extra): Ray Data streaming.
+
+::
+
+    from_items(items)                       driver: item JSON + prompt fingerprint per row
+      .map(read_row, num_cpus=0.25)         read tasks: file bytes, sha256, result key; stored → skipped
+      .map(SegmentActor, concurrency=N,     actor pool: each actor holds one model (ONNX sessions);
+           num_cpus=cpus_per_worker)        decode, encode, segment, refine, write the result file
+      .iter_rows()                          driver: progress, failures, max_errors
+
+Actors write the per-image result files themselves (in parallel) into the same store as the local
+executor, so resume works across executors and the exports (built by the driver from the store, in
+source order) are identical. The output directory must be visible to every node (a shared or network
+file system) when the cluster has more than one machine, and the package must be installed there.
+
+CPU starvation: Ray Data's read tasks need CPUs too; if the actors reserve every CPU of the cluster the
+run waits forever (ray-project/ray#44687). :func:`cpu_budget` refuses such configurations up front and
+picks ``cpus_per_worker`` (fractional) when it is not given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .base import PipelineError
+from .records import ImageItem
+from .store import ResultStore
+from .worker import ImageProcessor, Outcome, read_item, short_error
+
+#: CPUs reserved by each read task (so several run beside the actors).
+READ_TASK_CPUS = 0.25
+#: CPUs left free for Ray Data's read tasks and the driver's work.
+RESERVED_CPUS = 1.0
+
+
+def cpu_budget(num_workers: int, cpus_per_worker: float | None, cluster_cpus: float) -> float:
+    """The CPUs each actor reserves; raises :class:`PipelineError` when the actors would take every CPU."""
+    free = cluster_cpus - RESERVED_CPUS
+    if free <= 0:
+        raise PipelineError(
+            f"executor (ray): the Ray cluster has {cluster_cpus:g} CPU(s); at least "
+            f"{RESERVED_CPUS + 0.5:g} are needed ({RESERVED_CPUS:g} stays free for Ray Data's read tasks, "
+            "the rest holds the model actors)"
+        )
+    if cpus_per_worker is None:
+        cpus_per_worker = free / num_workers
+    total = num_workers * cpus_per_worker
+    if total > free + 1e-9:
+        limit = math.floor(free / num_workers * 100) / 100
+        raise PipelineError(
+            f"executor (ray): num_workers x cpus_per_worker = {num_workers} x {cpus_per_worker:g} = "
+            f"{total:g} CPUs, but the Ray cluster has {cluster_cpus:g}: actors reserving every CPU "
+            "starve Ray Data's read tasks and the run hangs (ray-project/ray#44687). "
+            f"Leave {RESERVED_CPUS:g} CPU free: set cpus_per_worker <= {limit:g} (fractions are fine) "
+            "or use fewer workers"
+        )
+    return cpus_per_worker
+
+
+def read_row(row: dict[str, Any], config_hash: str, store_dir: str) -> dict[str, Any]:
+    """Ray read task: bytes + hash + key, or a skip / failure row."""
+    from .records import result_key
+
+    item = ImageItem.from_dict(json.loads(row["item"]))
+    out = {
+        "index": int(row["index"]),
+        "item": row["item"],
+        "data": b"",
+        "sha": "",
+        "key": "",
+        "status": "todo",
+        "error": "",
+    }
+    try:
+        data, sha = read_item(item)
+    except Exception as exc:
+        out.update(status="failed", error=short_error(exc))
+        return out
+    key = result_key(sha, config_hash, row["fp"])
+    out.update(sha=sha, key=key)
+    if ResultStore(store_dir).has(key):
+        out["status"] = "skipped"
+    else:
+        out["data"] = data
+    return out
+
+
+class SegmentActor:
+    """One model per actor; processes ``todo`` rows and writes their results."""
+
+    def __init__(self, plan: dict[str, Any], threads: int) -> None:
+        self.proc = ImageProcessor(plan, threads=threads)
+        self.store = ResultStore(plan["output_dir"])
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        import time
+
+        out = {
+            "index": int(row["index"]),
+            "status": row["status"],
+            "key": row["key"],
+            "masks": 0,
+            "error": row["error"],
+            "stage": "read" if row["status"] == "failed" else "",
+            "seconds": 0.0,
+        }
+        if row["status"] != "todo":
+            return out
+        item = ImageItem.from_dict(json.loads(row["item"]))
+        t0 = time.perf_counter()
+        stage = "decode"
+        try:
+            image = self.proc.decode(bytes(row["data"]))
+            stage = "encode"
+            t = time.perf_counter()
+            emb = self.proc.encode(image)
+            enc_s = time.perf_counter() - t
+            stage = "segment"
+            result = self.proc.process(item, image, emb, row["sha"], row["key"], enc_s)
+            stage = "store"
+            self.store.write_result(result)
+        except Exception as exc:
+            out.update(status="failed", error=short_error(exc), stage=stage)
+            return out
+        out.update(status="done", masks=len(result.masks), seconds=time.perf_counter() - t0)
+        return out
+
+
+def _guarded(rows: Any) -> Any:
+    """Ray's own failures (actors that cannot start, a lost cluster) as one clear error."""
+    try:
+        yield from rows
+    except PipelineError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"executor (ray): Ray Data failed: {type(exc).__name__}: {first[:500]} "
+            "(finished images are stored; run again to resume)"
+        ) from exc
+
+
+def run_ray(
+    plan: dict[str, Any],
+    items: list[ImageItem],
+    fingerprints: list[str],
+    store: ResultStore,
+    on_outcome: Callable[[Outcome], bool],
+    cfg: Any,
+    *,
+    model_threads: int | None = None,
+) -> None:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise PipelineError(
+            "executor (ray) needs Ray Data: pip install 'edgesam-backend[ray]' "
+            "(or use executor: {type: local})"
+        ) from None
+
+    started = False
+    if not ray.is_initialized() and not cfg.address:  # a local Ray: check before paying for its start
+        cpu_budget(cfg.num_workers, cfg.cpus_per_worker, float(cfg.num_cpus or os.cpu_count() or 1))
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "WARNING",
+        }
+        if cfg.address:
+            kwargs["address"] = cfg.address
+        elif cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:
+            raise PipelineError(
+                f"executor (ray): cannot start/connect to Ray ({cfg.address or 'local'}): {exc}"
+            ) from None
+        started = True
+    try:
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        cpw = cpu_budget(cfg.num_workers, cfg.cpus_per_worker, cluster_cpus)
+        threads = model_threads or max(1, int(cpw))
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress line replaces its chatter
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        rows = [
+            {"index": it.index, "item": json.dumps(it.to_dict()), "fp": fp}
+            for it, fp in zip(items, fingerprints, strict=True)
+        ]
+        blocks = max(1, min(len(rows), cfg.num_workers * 4))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ds.map(
+            read_row,
+            fn_kwargs={"config_hash": plan["config_hash"], "store_dir": str(Path(plan["output_dir"]))},
+            num_cpus=READ_TASK_CPUS,
+        )
+        ds = ds.map(
+            SegmentActor,
+            fn_constructor_kwargs={"plan": plan, "threads": threads},
+            concurrency=cfg.num_workers,
+            num_cpus=cpw,
+        )
+        it = ds.iter_rows()
+        try:
+            for row in _guarded(it):
+                out = Outcome(
+                    index=int(row["index"]),
+                    status=str(row["status"]),
+                    key=str(row["key"]) or None,
+                    masks=int(row["masks"]),
+                    error=str(row["error"]),
+                    stage=str(row["stage"]),
+                    seconds=float(row["seconds"]),
+                )
+                if not on_outcome(out):
+                    break
+        finally:
+            del it
+    finally:
+        if started:
+            ray.shutdown()
+
+
+__all__ = ["READ_TASK_CPUS", "RESERVED_CPUS", "SegmentActor", "cpu_budget", "read_row", "run_ray"]

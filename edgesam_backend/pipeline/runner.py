@@ -1,0 +1,350 @@
+"""Orchestration of ``edgesam run``: list images, resolve the model, process what is not stored yet, then
+build every export from the stored per-image results in source order.
+
+Because exports are rebuilt from the store after every run, a run that was killed and re-run produces
+byte-for-byte the same files as one uninterrupted run (and the same as the Ray executor's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..engine import INT8_ENCODER_FILE, EngineError, ensure_onnx, onnx_files
+from .base import (
+    ExportRun,
+    ExportStep,
+    ModelInfo,
+    PipelineError,
+    PromptStep,
+    RefineStep,
+    SourceStep,
+    Step,
+    StepContext,
+)
+from .config import ModelConfig, PipelineBase
+from .progress import Progress
+from .records import RESULT_FORMAT_VERSION, ImageItem, canonical_json, sha256_text
+from .registry import load_registry
+from .store import ResultStore
+from .worker import Outcome
+
+
+class PipelineStopped(PipelineError):
+    """The run stopped early (too many failed images); ``summary`` says where it got to."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file (cached per path/size/mtime for this process)."""
+    st = os.stat(path)
+    k = (str(path), st.st_size, st.st_mtime_ns)
+    if k not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _digests[k] = h.hexdigest()
+    return _digests[k]
+
+
+def resolve_model(cfg: ModelConfig) -> tuple[Path, Path]:
+    """``(encoder.onnx, decoder.onnx)`` for the model config (exporting once from a checkpoint if needed)."""
+    from .. import weights
+
+    try:
+        if cfg.checkpoint is not None:
+            enc, dec = ensure_onnx(cfg.checkpoint, cfg.onnx_dir)
+        else:
+            assert cfg.onnx_dir is not None
+            enc, dec = onnx_files(cfg.onnx_dir)
+    except (EngineError, weights.WeightsError) as exc:
+        raise PipelineError(f"model: {exc}") from None
+    if cfg.int8:
+        enc = enc.with_name(INT8_ENCODER_FILE)
+        if not enc.is_file():
+            raise PipelineError(
+                f"model.int8: {enc} does not exist "
+                "(write it with `edgesam export --int8 --calibration-images DIR`)"
+            )
+    return enc, dec
+
+
+def model_info(encoder: Path, decoder: Path) -> ModelInfo:
+    """What the ONNX files offer (graph inputs/outputs only; weights are not loaded)."""
+    import onnx
+
+    enc = onnx.load(str(encoder), load_external_data=False)
+    dec = onnx.load(str(decoder), load_external_data=False)
+    outs = {o.name for o in enc.graph.output}
+    ins = {i.name for i in dec.graph.input}
+    return ModelInfo(
+        has_proposals={"proposal_logits", "proposal_ltrb"} <= outs, supports_mask_input="mask_input" in ins
+    )
+
+
+@dataclass
+class Prepared:
+    """The driver's view of a pipeline, ready to run."""
+
+    pipe: PipelineBase
+    source: SourceStep
+    prompt: PromptStep
+    refines: list[RefineStep]
+    exports: list[ExportStep]
+    output_dir: Path
+    base_dir: Path
+
+
+def instantiate(pipe: PipelineBase) -> Prepared:
+    reg = load_registry()
+    base_dir = Path(pipe.source_path).resolve().parent if pipe.source_path else Path.cwd()
+    out_dir = Path(pipe.output_dir)
+    source = prompt = None
+    refines: list[RefineStep] = []
+    exports: list[ExportStep] = []
+    for i, cfg in enumerate(pipe.steps):  # type: ignore[attr-defined]
+        spec = reg[cfg.kind]
+        step: Step = spec.implementation(cfg, StepContext(base_dir, out_dir, i, pipe.step_where(i)))
+        step.kind = cfg.kind
+        if spec.role == "source":
+            source = step
+        elif spec.role == "prompt":
+            prompt = step
+        elif spec.role == "refine":
+            refines.append(step)  # type: ignore[arg-type]
+        elif spec.role == "export":
+            exports.append(step)  # type: ignore[arg-type]
+    if source is None or prompt is None:
+        raise PipelineError("a pipeline needs a source and a prompt step")
+    return Prepared(pipe, source, prompt, refines, exports, out_dir, base_dir)  # type: ignore[arg-type]
+
+
+def config_hash(pipe: PipelineBase, encoder: Path, decoder: Path) -> str:
+    """Hash of everything that affects per-image results: model files, prompt/segment/refine configs."""
+    reg = load_registry()
+    steps = []
+    for cfg in pipe.steps:  # type: ignore[attr-defined]
+        spec = reg[cfg.kind]
+        if spec.role in ("prompt", "segment", "refine"):
+            exclude = set(getattr(spec.implementation, "hash_exclude", ()))
+            steps.append(cfg.model_dump(mode="json", exclude=exclude))
+    doc = {
+        "format": RESULT_FORMAT_VERSION,
+        "encoder": file_digest(encoder),
+        "decoder": file_digest(decoder),
+        "steps": steps,
+    }
+    return sha256_text(canonical_json(doc))[:32]
+
+
+def make_plan(prep: Prepared, encoder: Path, decoder: Path, chash: str) -> dict[str, Any]:
+    pipe = prep.pipe
+    return {
+        "pipeline": pipe.model_dump(mode="json"),
+        "encoder": str(encoder),
+        "decoder": str(decoder),
+        "config_hash": chash,
+        "base_dir": str(prep.base_dir),
+        "output_dir": str(prep.output_dir),
+        "where": {str(i): pipe.step_where(i) for i in range(len(pipe.steps))},  # type: ignore[attr-defined]
+    }
+
+
+def run_pipeline(
+    pipe: PipelineBase,
+    *,
+    executor: str | None = None,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run ``pipe`` (resuming from its store) and return the summary; see the module docstring.
+
+    ``executor`` (``"local"`` / ``"ray"``) overrides the pipeline's executor type (with its defaults when
+    the type differs). Raises :class:`PipelineStopped` when more than ``max_errors`` images fail.
+    """
+    t_start = time.perf_counter()
+    stream = stream if stream is not None else sys.stderr
+    prep = instantiate(pipe)
+    exec_cfg = pipe.executor
+    if executor is not None and executor != exec_cfg.type:
+        from .config import LocalExecutor, RayExecutor
+
+        exec_cfg = LocalExecutor() if executor == "local" else RayExecutor(type="ray")
+
+    items = prep.source.items()
+    from .steps.sources import check_unique_file_names
+
+    check_unique_file_names(items)
+    categories = prep.source.categories()
+    prep.prompt.bind(items, categories)
+    encoder, decoder = resolve_model(pipe.model)
+    info = model_info(encoder, decoder)
+    prep.prompt.check_model(info)
+    for r in prep.refines:
+        r.check_model(info, prep.prompt.mode)
+    chash = config_hash(pipe, encoder, decoder)
+    fingerprints = [prep.prompt.fingerprint(it) for it in items]
+    plan = make_plan(prep, encoder, decoder, chash)
+
+    store = ResultStore(prep.output_dir)
+    store.acquire()
+    try:
+        store.write_run_info(
+            {
+                "pipeline": pipe.source_path,
+                "config_hash": chash,
+                "encoder": str(encoder),
+                "decoder": str(decoder),
+                "images": len(items),
+            }
+        )
+        bar = Progress(len(items), stream=stream, enabled=progress)
+        keys: dict[int, str] = {}
+        failures: list[dict[str, Any]] = []
+        max_errors = pipe.max_errors
+        stopped = False
+
+        def on_outcome(out: Outcome) -> bool:
+            nonlocal stopped
+            bar.update(out)
+            item = items[out.index]
+            if out.status in ("done", "skipped"):
+                assert out.key is not None
+                keys[out.index] = out.key
+                if out.status == "done":
+                    store.clear_failure(item)
+                return True
+            failures.append({"file_name": item.file_name, "stage": out.stage, "error": out.error})
+            store.record_failure(item, out.error, out.stage)
+            bar.message(f"edgesam: failed {item.file_name} ({out.stage}): {out.error}")
+            if max_errors is not None and len(failures) > max_errors:
+                stopped = True
+                return False
+            return True
+
+        t_proc = time.perf_counter()
+        if exec_cfg.type == "ray":
+            from .ray_executor import run_ray
+
+            run_ray(plan, items, fingerprints, store, on_outcome, exec_cfg, model_threads=pipe.model.threads)
+        else:
+            from .local import run_local
+
+            run_local(
+                plan,
+                items,
+                fingerprints,
+                store,
+                on_outcome,
+                workers=exec_cfg.workers,
+                prefetch=exec_cfg.prefetch,
+                threads=pipe.model.threads,
+            )
+        proc_s = time.perf_counter() - t_proc
+        bar.close()
+
+        summary: dict[str, Any] = {
+            "status": "ok",
+            "pipeline": pipe.source_path,
+            "name": pipe.name,
+            "output_dir": str(prep.output_dir),
+            "executor": exec_cfg.type,
+            "config_hash": chash,
+            "images": len(items),
+            "processed": bar.done,
+            "skipped": bar.skipped,
+            "failed": len(failures),
+            "new_masks": bar.masks,
+            "failures": failures[:20],
+            "seconds": 0.0,
+            "images_per_s": round(bar.done / proc_s, 4) if bar.done and proc_s > 0 else 0.0,
+        }
+        if stopped:
+            summary["status"] = "stopped"
+            summary["seconds"] = round(time.perf_counter() - t_start, 3)
+            listed = "; ".join(f"{f['file_name']} ({f['stage']}): {f['error']}" for f in failures[:5])
+            raise PipelineStopped(
+                f"stopped after {len(failures)} failed images (max_errors: {max_errors}): {listed}"
+                f"{'; ...' if len(failures) > 5 else ''}. Nothing was exported. "
+                f"Failures are listed in {store.failures_dir}; fix or remove those images "
+                "(or raise max_errors) "
+                "and run again: finished images are kept and skipped.",
+                summary,
+            )
+        summary["masks"], summary["exports"] = _export(prep, items, keys, store, categories, chash)
+        summary["seconds"] = round(time.perf_counter() - t_start, 3)
+        return summary
+    finally:
+        store.release()
+
+
+def _export(
+    prep: Prepared,
+    items: list[ImageItem],
+    keys: dict[int, str],
+    store: ResultStore,
+    categories: list[str],
+    chash: str,
+) -> tuple[int, dict[str, Any]]:
+    name = prep.pipe.name or (Path(prep.pipe.source_path).stem if prep.pipe.source_path else "pipeline")
+    run = ExportRun(prep.output_dir, list(categories), chash, name, prep.source.category_ids())
+    # labels produced by prompts but unknown to the source are appended in first-seen (source) order
+    results = []
+    seen = set(run.categories)
+    for item in items:
+        key = keys.get(item.index)
+        if key is None:
+            continue
+        res = store.read_result(key)
+        for m in res.masks:
+            if m.label is None:
+                run.unlabeled = True
+            elif m.label not in seen:
+                seen.add(m.label)
+                run.categories.append(m.label)
+        results.append((item, key))
+    for ex in prep.exports:
+        ex.begin(run)
+    n_masks = 0
+    for item, key in results:
+        res = store.read_result(key)
+        n_masks += len(res.masks)
+        for ex in prep.exports:
+            try:
+                ex.add(item, res)
+            except PipelineError:
+                raise
+            except Exception as exc:
+                raise ex.error(f"exporting {item.file_name}: {exc}") from exc
+    out: dict[str, Any] = {}
+    for i, ex in enumerate(prep.exports):
+        out[f"{i}:{ex.kind}" if sum(e.kind == ex.kind for e in prep.exports) > 1 else ex.kind] = ex.finish()
+    return n_masks, out
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=None, sort_keys=False)
+
+
+__all__ = [
+    "PipelineStopped",
+    "config_hash",
+    "file_digest",
+    "instantiate",
+    "model_info",
+    "resolve_model",
+    "run_pipeline",
+]

@@ -1,0 +1,1 @@
+"""Built-in exports: COCO, Label Studio, PNG masks, YOLO-seg, visual preview."""

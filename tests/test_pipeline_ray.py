@@ -1,0 +1,111 @@
+"""The Ray executor on a local Ray (2 CPUs): same final output as the local executor, resume across
+executors, and the CPU-starvation guard. Needs the ``[ray]`` extra."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import types
+
+import pytest
+
+from edgesam_backend.pipeline.base import PipelineError
+from edgesam_backend.pipeline.config import load_pipeline
+from edgesam_backend.pipeline.runner import run_pipeline
+
+from .conftest import IMAGES
+
+ray = pytest.importorskip(
+    "ray", reason="the Ray executor needs `ray[data]` (pip install 'edgesam-backend[ray]')"
+)
+
+pytestmark = pytest.mark.slow
+
+YAML = """
+model:
+  onnx_dir: {onnx}
+executor: {executor}
+output_dir: out
+steps:
+  - kind: source.folder
+    path: {images}
+  - kind: prompt.grid
+    points_per_side: 2
+  - kind: segment
+  - kind: refine
+    stability_score_thresh: 0.2
+    min_mask_region_area: 20
+  - kind: export.coco
+  - kind: export.png
+    semantic: true
+  - kind: export.yolo
+  - kind: export.labelstudio
+  - kind: export.preview
+    max_side: 256
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    for name in ("1.jpeg", "2.jpeg", "3.jpeg", "groceries.jpg"):
+        shutil.copy(IMAGES / name, d / name)
+    return d
+
+
+def pipeline(tmp_path, onnx_dir, images, executor: str, name: str):
+    (tmp_path / f"{name}-cfg").mkdir(exist_ok=True)
+    p = tmp_path / f"{name}-cfg" / "pipeline.yaml"  # same file name: the export's description is its stem
+    p.write_text(textwrap.dedent(YAML).format(onnx=onnx_dir, images=images, executor=executor))
+    return load_pipeline(p, [f"output_dir={tmp_path / name}"])
+
+
+def tree(root):
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".edgesam" not in p.relative_to(root).parts
+    }
+
+
+def test_ray_executor_matches_local(local_ray, onnx_dir, images, tmp_path):
+    local = run_pipeline(pipeline(tmp_path, onnx_dir, images, "{type: local}", "local"), progress=False)
+    ray_pipe = pipeline(tmp_path, onnx_dir, images, "{type: ray, num_workers: 2}", "ray")
+    remote = run_pipeline(ray_pipe, progress=False)
+    assert remote["executor"] == "ray" and remote["processed"] == 4 and remote["failed"] == 0
+    assert remote["masks"] == local["masks"] > 0 and remote["config_hash"] == local["config_hash"]
+    a, b = tree(tmp_path / "local"), tree(tmp_path / "ray")
+    assert sorted(a) == sorted(b) and len(a) > 10
+    for name in a:
+        assert a[name] == b[name], name
+    # resume works across executors: Ray finds everything the local run stored
+    again = run_pipeline(
+        pipeline(tmp_path, onnx_dir, images, "{type: ray, num_workers: 2}", "local"), progress=False
+    )
+    assert again["skipped"] == 4 and again["processed"] == 0
+    assert tree(tmp_path / "local") == a
+
+
+def test_ray_executor_records_failures(local_ray, onnx_dir, images, tmp_path):
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    summary = run_pipeline(
+        pipeline(tmp_path, onnx_dir, images, "{type: ray, num_workers: 1}", "f"), progress=False
+    )
+    assert summary["failed"] == 1 and summary["failures"][0]["file_name"] == "broken.jpg"
+    assert summary["failures"][0]["stage"] == "decode" and summary["processed"] == 4
+
+
+def test_ray_refuses_to_starve_the_cluster(local_ray, onnx_dir, images, tmp_path):
+    from edgesam_backend.pipeline.ray_executor import run_ray
+
+    cfg = types.SimpleNamespace(address=None, num_workers=2, cpus_per_worker=1.0, num_cpus=None)
+    with pytest.raises(PipelineError, match=r"starve Ray Data's read tasks.*cpus_per_worker <= 0\.5"):
+        run_ray({"config_hash": "x", "output_dir": str(tmp_path)}, [], [], None, lambda o: True, cfg)  # type: ignore[arg-type]

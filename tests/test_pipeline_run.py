@@ -1,0 +1,450 @@
+"""End to end on the ONNX export of the reference weights and ../shared/images: the example pipelines,
+the resume contract (a real SIGKILL mid-run, then a re-run, compared byte for byte with an uninterrupted
+run), per-image failures and max_errors, region proposals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from edgesam_backend.cli import main
+
+from .conftest import CHECKPOINT, IMAGES, REPO
+
+EXAMPLES = REPO / "pipelines"
+ALL_IMAGES = sorted(p.name for p in IMAGES.glob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+@pytest.fixture
+def model_env(onnx_dir, monkeypatch):
+    """The examples' ${EDGESAM_CHECKPOINT} / ${EDGESAM_ONNX_DIR} → the reference weights' export."""
+    env = {"EDGESAM_CHECKPOINT": str(CHECKPOINT), "EDGESAM_ONNX_DIR": str(onnx_dir)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def run_main(args: list[str], capsys) -> tuple[int, dict, str]:
+    rc = main(args)
+    cap = capsys.readouterr()
+    lines = [ln for ln in cap.out.splitlines() if ln.strip()]
+    return rc, (json.loads(lines[-1]) if lines else {}), cap.err
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every output file below ``root`` (the store excluded) → its bytes."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".edgesam" not in p.relative_to(root).parts
+    }
+
+
+def image_size(name: str) -> tuple[int, int]:
+    with Image.open(IMAGES / name) as im:
+        return im.size
+
+
+def write_coco(path: Path, names: list[str]) -> Path:
+    """COCO boxes over the shared images: a centre box ('thing'), a corner box with a keypoint ('stuff')."""
+    doc = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 3, "name": "thing"}, {"id": 9, "name": "stuff"}],
+    }
+    for i, name in enumerate(names):
+        w, h = image_size(name)
+        doc["images"].append({"id": 100 + i, "file_name": name, "width": w, "height": h})
+        doc["annotations"].append(
+            {
+                "id": 1000 + 2 * i,
+                "image_id": 100 + i,
+                "category_id": 3,
+                "bbox": [w * 0.3, h * 0.3, w * 0.4, h * 0.4],
+            }
+        )
+        doc["annotations"].append(
+            {
+                "id": 1001 + 2 * i,
+                "image_id": 100 + i,
+                "category_id": 9,
+                "bbox": [0, 0, w * 0.3, h * 0.35],
+                "keypoints": [w * 0.1, h * 0.1, 2],
+            }
+        )
+    path.write_text(json.dumps(doc))
+    return path
+
+
+# --- the example pipelines ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    out = tmp_path / "quick"
+    args = [
+        "run",
+        str(EXAMPLES / "quickstart.yaml"),
+        "--output-dir",
+        str(out),
+        "--set",
+        "steps[prompt.grid].points_per_side=2",  # random weights: keep it cheap
+        "--set",
+        "steps[refine].stability_score_thresh=0.2",
+    ]
+    rc, summary, err = run_main(args, capsys)
+    assert rc == 0, err
+    n = len(ALL_IMAGES)
+    assert summary["images"] == summary["processed"] == n and summary["failed"] == 0
+    assert "img/s" in err and "ETA" in err
+    coco = COCO(str(out / "coco.json"))
+    assert len(coco.imgs) == n and len(coco.anns) == summary["masks"] > 0
+    assert len(list((out / "masks" / "instances").glob("*.png"))) == n
+    assert (out / "preview" / "index.html").read_text().count('<div class="card">') == n
+    first = tree(out)
+    # a re-run is a no-op that rebuilds identical exports
+    rc, again, _ = run_main([*args, "--quiet"], capsys)
+    assert rc == 0 and again["skipped"] == n and again["processed"] == 0
+    assert tree(out) == first
+
+
+@pytest.mark.slow
+def test_example_boxes_from_coco(model_env, tmp_path, monkeypatch, capsys):
+    coco_in = write_coco(tmp_path / "instances.json", ALL_IMAGES)
+    monkeypatch.setenv("EDGESAM_COCO", str(coco_in))
+    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    out = tmp_path / "boxes"
+    rc, summary, err = run_main(
+        ["run", str(EXAMPLES / "boxes_from_coco.yaml"), "--output-dir", str(out)], capsys
+    )
+    assert rc == 0, err
+    assert summary["processed"] == len(ALL_IMAGES) and summary["masks"] > 0
+    coco = COCO(str(out / "coco_masks.json"))
+    src = json.loads(coco_in.read_text())
+    assert sorted(coco.imgs) == sorted(im["id"] for im in src["images"])
+    assert {c["id"]: c["name"] for c in coco.dataset["categories"]} == {3: "thing", 9: "stuff"}
+    ann = coco.dataset["annotations"][0]
+    assert ann["area"] == int(coco.annToMask(ann).sum()) and 0 <= ann["score"] <= 1
+    assert COCO(str(out / "coco_polygons.json")).dataset["annotations"]
+    labels = sorted((out / "yolo" / "labels").glob("*.txt"))
+    assert len(labels) == len(ALL_IMAGES) and (out / "yolo" / "classes.txt").read_text() == "thing\nstuff\n"
+    # the per-image results say which prompt made each mask
+    res = json.loads(next((out / ".edgesam" / "results").rglob("*.json")).read_text())
+    kinds = {m["prompt"]["kind"] for m in res["masks"]}
+    assert kinds == {"annotation"} and res["stats"]["refine_iterations"] == 1
+
+
+@pytest.mark.slow
+def test_example_labelstudio_preannotation(model_env, tmp_path, monkeypatch, capsys):
+    from edgesam_backend.labelstudio.rle import rle_to_mask
+
+    dets = []
+    for name in ALL_IMAGES[:6]:
+        w, h = image_size(name)
+        stem = Path(name).stem
+        dets.append(
+            {"image_id": stem, "category_id": 1, "bbox": [w * 0.2, h * 0.2, w * 0.5, h * 0.5], "score": 0.9}
+        )
+        dets.append({"image_id": stem, "category_id": 2, "bbox": [0, 0, w * 0.2, h * 0.2], "score": 0.1})
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    monkeypatch.setenv("EDGESAM_DETECTIONS", str(tmp_path / "dets.json"))
+    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    out = tmp_path / "ls"
+    rc, summary, err = run_main(
+        ["run", str(EXAMPLES / "labelstudio_preannotate.yaml"), "--output-dir", str(out)], capsys
+    )
+    assert rc == 0, err
+    assert summary["images"] == len(ALL_IMAGES)
+    tasks = json.loads((out / "labelstudio_tasks.json").read_text())
+    assert len(tasks) == len(ALL_IMAGES)
+    with_preds = [t for t in tasks if t["predictions"][0]["result"]]
+    assert 1 <= len(with_preds) <= 6  # min_score 0.3 dropped the second box of every image
+    r = with_preds[0]["predictions"][0]["result"][0]
+    assert r["value"]["brushlabels"] == ["1"] and r["to_name"] == "image"
+    assert with_preds[0]["data"]["image"].startswith("/data/local-files/?d=images/")
+    mask = rle_to_mask(r["value"]["rle"], r["original_height"], r["original_width"])
+    assert mask.any()
+
+
+@pytest.mark.slow
+def test_example_labelstudio_boxes_to_brush(model_env, tmp_path, monkeypatch, capsys):
+    tasks = []
+    for i, name in enumerate(ALL_IMAGES[:3]):
+        w, h = image_size(name)
+        tasks.append(
+            {
+                "id": 500 + i,
+                "data": {"image": f"/data/local-files/?d=shared/images/{name}"},
+                "annotations": [
+                    {
+                        "result": [
+                            {
+                                "id": f"r{i}",
+                                "type": "rectanglelabels",
+                                "original_width": w,
+                                "original_height": h,
+                                "value": {
+                                    "x": 20,
+                                    "y": 20,
+                                    "width": 50,
+                                    "height": 50,
+                                    "rotation": 0,
+                                    "rectanglelabels": ["car"],
+                                },
+                            },
+                            {
+                                "id": f"k{i}",
+                                "type": "keypointlabels",
+                                "original_width": w,
+                                "original_height": h,
+                                "value": {"x": 40, "y": 40, "width": 1, "keypointlabels": ["car"]},
+                            },
+                        ]
+                    }
+                ],
+            }
+        )
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    monkeypatch.setenv("EDGESAM_LS_EXPORT", str(tmp_path / "export.json"))
+    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    out = tmp_path / "brush"
+    rc, summary, err = run_main(
+        ["run", str(EXAMPLES / "labelstudio_boxes_to_brush.yaml"), "--output-dir", str(out)], capsys
+    )
+    assert rc == 0, err
+    assert summary["masks"] == 3
+    got = json.loads((out / "labelstudio_predictions.json").read_text())
+    assert [t["meta"]["source_task_id"] for t in got] == [500, 501, 502]
+    assert all(t["data"] == src["data"] for t, src in zip(got, tasks, strict=True))
+    # the keypoint joined its rectangle: one prompt (box + point) per task
+    assert all(len(t["predictions"][0]["result"]) == 1 for t in got)
+    res = json.loads(next((out / ".edgesam" / "results").rglob("*.json")).read_text())
+    (m,) = res["masks"]
+    assert m["prompt"]["box"] and m["prompt"]["points"] and m["label"] == "car"
+
+
+# --- resume: kill -9 mid-run -------------------------------------------------------------------------
+
+RESUME_YAML = """
+model:
+  checkpoint: {ckpt}
+  onnx_dir: {onnx}
+output_dir: out
+max_errors: 0
+steps:
+  - kind: source.folder
+    path: {images}
+  - kind: prompt.grid
+    points_per_side: 3
+  - kind: segment
+    points_per_batch: 4
+  - kind: refine
+    stability_score_thresh: 0.2
+    min_mask_region_area: 20
+  - kind: export.coco
+  - kind: export.png
+    semantic: true
+  - kind: export.yolo
+  - kind: export.labelstudio
+  - kind: export.preview
+    max_side: 256
+"""
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edgesam_backend.cli", *args], env=env, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(onnx_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ALL_IMAGES[:8]:
+        shutil.copy(IMAGES / name, images / name)
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(textwrap.dedent(RESUME_YAML).format(ckpt=CHECKPOINT, onnx=onnx_dir, images=images))
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    ref = _cli(
+        ["run", str(cfg), "--output-dir", str(a), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err.decode()
+    assert json.loads(out.decode().splitlines()[-1])["processed"] == 8
+
+    proc = _cli(
+        ["run", str(cfg), "--output-dir", str(b), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = b / ".edgesam" / "results"
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = len(list(results.rglob("*.json"))) if results.is_dir() else 0
+        if done >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    stored = len(list(results.rglob("*.json")))
+    assert 2 <= stored < 8
+    assert not (b / "coco.json").exists()  # exports are only written at the end
+
+    again = _cli(
+        ["run", str(cfg), "--output-dir", str(b), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err.decode()
+    summary = json.loads(out.decode().splitlines()[-1])
+    assert summary["skipped"] >= stored and summary["skipped"] + summary["processed"] == 8
+    assert summary["failed"] == 0
+    # nothing lost, nothing duplicated, no temp files left; same bytes as the uninterrupted run
+    assert len(list(results.rglob("*.json"))) == 8 and not list((b / ".edgesam").rglob("*.tmp"))
+    ta, tb = tree(a), tree(b)
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert ta[name] == tb[name], name
+    coco = json.loads(ta["coco.json"])
+    assert len(coco["images"]) == 8 and len({im["id"] for im in coco["images"]}) == 8
+
+
+# --- failures and max_errors -------------------------------------------------------------------------
+
+
+FAIL_YAML = """
+model:
+  onnx_dir: {onnx}
+output_dir: out
+max_errors: {max_errors}
+steps:
+  - kind: source.folder
+    path: {images}
+  - kind: prompt.grid
+    points_per_side: 1
+  - kind: segment
+  - kind: refine
+    stability_score_thresh: 0.0
+  - kind: export.coco
+"""
+
+
+def test_failures_are_recorded_skipped_and_retried(onnx_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(IMAGES / "1.jpeg", images / "1.jpeg")
+    shutil.copy(IMAGES / "2.jpeg", images / "3.jpeg")
+    (images / "2.jpeg").write_bytes(b"not a jpeg")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(textwrap.dedent(FAIL_YAML).format(onnx=onnx_dir, images=images, max_errors=0))
+    out = tmp_path / "o"
+
+    rc, summary, err = run_main(["run", str(cfg), "--output-dir", str(out), "--quiet"], capsys)
+    assert rc == 1 and summary["status"] == "stopped" and summary["failed"] == 1
+    assert "stopped after 1 failed images (max_errors: 0)" in err and "2.jpeg" in err
+    assert not (out / "coco.json").exists()
+    (fail,) = json.loads(
+        json.dumps([json.loads(p.read_text()) for p in (out / ".edgesam" / "failures").glob("*.json")])
+    )
+    assert (
+        fail["file_name"] == "2.jpeg"
+        and fail["stage"] == "decode"
+        and "not a decodable image" in fail["error"]
+    )
+
+    cfg.write_text(textwrap.dedent(FAIL_YAML).format(onnx=onnx_dir, images=images, max_errors=1))
+    rc, summary, err = run_main(["run", str(cfg), "--output-dir", str(out), "--quiet"], capsys)
+    assert rc == 0 and summary["failed"] == 1 and summary["processed"] + summary["skipped"] == 2
+    assert summary["failures"][0]["file_name"] == "2.jpeg"
+    coco = json.loads((out / "coco.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["1.jpeg", "3.jpeg"]
+
+    shutil.copy(IMAGES / "3.jpeg", images / "2.jpeg")  # fixed: the image is retried
+    rc, summary, _ = run_main(["run", str(cfg), "--output-dir", str(out), "--quiet"], capsys)
+    assert rc == 0 and summary["processed"] == 1 and summary["skipped"] == 2 and summary["failed"] == 0
+    assert not list((out / ".edgesam" / "failures").glob("*.json"))
+    coco = json.loads((out / "coco.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["1.jpeg", "2.jpeg", "3.jpeg"]
+    assert [im["id"] for im in coco["images"]] == [1, 2, 3]
+
+
+def test_config_changes_invalidate_results(onnx_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(IMAGES / "1.jpeg", images / "1.jpeg")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(textwrap.dedent(FAIL_YAML).format(onnx=onnx_dir, images=images, max_errors=0))
+    out = tmp_path / "o"
+    base = ["run", str(cfg), "--output-dir", str(out), "--quiet"]
+    assert run_main(base, capsys)[1]["processed"] == 1
+    # exports do not affect results; prompts do
+    assert run_main([*base, "--set", "steps[export.coco].path=x.json"], capsys)[1]["skipped"] == 1
+    assert run_main([*base, "--set", "steps[prompt.grid].points_per_side=2"], capsys)[1]["processed"] == 1
+    # the image content is part of the key
+    Image.open(IMAGES / "2.jpeg").save(images / "1.jpeg")
+    assert run_main(base, capsys)[1]["processed"] == 1
+
+
+def test_proposals_need_a_region_proposal_head(onnx_dir, tmp_path, capsys):
+    cfg = tmp_path / "p.yaml"
+    text = textwrap.dedent(FAIL_YAML).format(onnx=onnx_dir, images=IMAGES, max_errors=0)
+    cfg.write_text(text.replace("kind: prompt.grid\n    points_per_side: 1", "kind: prompt.proposals"))
+    rc = main(["run", str(cfg), "--output-dir", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert (
+        rc == 2 and f"{cfg}:9:5: steps.1 (prompt.proposals): the encoder has no region proposal head" in err
+    )
+
+
+@pytest.fixture(scope="module")
+def rpn_onnx_dir(tmp_path_factory):
+    """An export whose encoder has the region proposal head (untrained, made confident everywhere)."""
+    torch = pytest.importorskip("torch")
+    if not CHECKPOINT.is_file():
+        pytest.skip("needs the shared reference weights")
+    from edgesam_backend.model.checkpoint import load_edge_sam
+    from edgesam_backend.model.export import export_onnx
+
+    torch.manual_seed(0)
+    model = load_edge_sam(CHECKPOINT, with_rpn=True)
+    with torch.no_grad():
+        model.rpn_head.cls.bias.fill_(2.0)
+    out = tmp_path_factory.mktemp("rpn_onnx")
+    export_onnx(model, out, validate=False)
+    return out
+
+
+@pytest.mark.slow
+def test_proposals_pipeline(rpn_onnx_dir, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ALL_IMAGES[:2]:
+        shutil.copy(IMAGES / name, images / name)
+    cfg = tmp_path / "p.yaml"
+    text = textwrap.dedent(FAIL_YAML).format(onnx=rpn_onnx_dir, images=images, max_errors=0)
+    cfg.write_text(
+        text.replace("kind: prompt.grid\n    points_per_side: 1", "kind: prompt.proposals\n    top_k: 3")
+    )
+    rc, summary, err = run_main(["run", str(cfg), "--output-dir", str(tmp_path / "o"), "--quiet"], capsys)
+    assert rc == 0, err
+    assert 0 < summary["masks"] <= 6
+    res = [json.loads(p.read_text()) for p in (tmp_path / "o" / ".edgesam" / "results").rglob("*.json")]
+    prompts = [m["prompt"] for r in res for m in r["masks"]]
+    assert all(p["kind"] == "proposal" and len(p["box"]) == 4 and 0 < p["score"] <= 1 for p in prompts)
+    assert all(np.isfinite(r["masks"][0]["score"]) for r in res if r["masks"])
