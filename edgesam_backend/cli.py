@@ -1,7 +1,7 @@
 """The ``edgesam`` command line.
 
-Subcommands: ``predict`` (one image, points/box/mask prompts → .npz + .png), ``export`` (checkpoint →
-encoder/decoder ONNX), ``weights`` (fetch/list/path of named checkpoints).
+Engine: ``predict``, ``export``, ``weights``. Serving: ``serve`` (Label Studio ML backend). Pipelines:
+``run``, ``validate``, ``schema``. Training: ``train-rpn``, ``synthetic-data``, ``distill``, ``eval``.
 """
 
 from __future__ import annotations
@@ -90,6 +90,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write encoder.int8.onnx (static per-channel QDQ) and report its agreement with fp32",
+    )
+    p.add_argument(
+        "--calibration-images",
+        type=Path,
+        metavar="DIR",
+        help="images to calibrate the int8 encoder on and to measure its agreement (needed by --int8)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
     _add_export(sub)
+    _add_training(sub)
+    _add_distill(sub)
     wp = sub.add_parser("weights", help="named checkpoints: fetch, list, path")
     weights.add_cli_arguments(wp)
+    _add_serve(sub)
+    _add_pipeline(sub)
     return parser
 
 
@@ -188,6 +203,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .model.export import ExportError, export_onnx
     except ImportError:
         raise CliError("export needs PyTorch: pip install 'edgesam-backend[torch]'") from None
+    if args.int8 and args.calibration_images is None:
+        raise CliError("--int8 needs --calibration-images DIR (images to calibrate the int8 encoder on)")
+    if args.calibration_images is not None and not args.int8:
+        raise CliError("--calibration-images is only used with --int8")
     try:
         ckpt = weights.checkpoint_path(args.checkpoint)
         res = export_onnx(
@@ -195,17 +214,149 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, ExportError, weights.WeightsError) as exc:
         raise CliError(str(exc)) from None
-    print(
-        json.dumps(
-            {
-                "encoder": str(res.encoder_path),
-                "decoder": str(res.decoder_path),
-                "encoder_max_abs_diff": res.encoder_max_abs_diff,
-                "decoder_max_abs_diff": res.decoder_max_abs_diff,
-            }
-        )
-    )
+    summary = {
+        "encoder": str(res.encoder_path),
+        "decoder": str(res.decoder_path),
+        "encoder_max_abs_diff": res.encoder_max_abs_diff,
+        "decoder_max_abs_diff": res.decoder_max_abs_diff,
+    }
+    if args.int8:
+        summary["int8"] = _export_int8(res.encoder_path, res.decoder_path, args.calibration_images)
+    print(json.dumps(summary))
     return 0
+
+
+def _export_int8(encoder: Path, decoder: Path, image_dir: Path) -> dict:
+    """``encoder.int8.onnx`` next to ``encoder`` plus its agreement with fp32 on the same images."""
+    from .runtime import quantize
+    from .runtime.predictor import OnnxPredictor
+
+    try:
+        images = quantize.list_images(image_dir)
+        int8_path = quantize.quantize_encoder(encoder, encoder.with_name(quantize.INT8_ENCODER_FILE), images)
+        agree = quantize.agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(int8_path, decoder), images)
+        quantize.record_agreement(int8_path, agree)
+    except (ValueError, quantize.QuantizationError) as exc:
+        raise CliError(f"int8 export: {exc}") from None
+    return {
+        "encoder": str(int8_path),
+        "calibration_images": len(images),
+        "agreement_images": "the calibration images",
+        "agreement": agree,
+        # int8 stays opt-in (load_predictor(int8=True)); recommended only at mean best-mask IoU >= 0.95
+        "recommended": bool(agree["passes"]),
+    }
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-rpn", help="train the region proposal module on COCO-format boxes")
+    p.add_argument("config", type=Path, help="YAML config (see RpnTrainConfig / schemas/)")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    s = sub.add_parser("synthetic-data", help="write a synthetic COCO dataset of shapes (boxes + masks)")
+    s.add_argument("out", type=Path)
+    s.add_argument("--num-images", type=int, default=200)
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+
+
+def cmd_train_rpn(args: argparse.Namespace) -> int:
+    try:
+        from .training.rpn import RpnTrainConfig, train_rpn
+    except ImportError:
+        raise CliError("training needs PyTorch: pip install 'edgesam-backend[torch]'") from None
+    from .yamlconfig import ConfigError, load_yaml_model
+
+    try:
+        cfg = load_yaml_model(args.config, RpnTrainConfig)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    if args.max_steps is not None:
+        cfg = cfg.model_copy(update={"max_steps": args.max_steps})
+    try:
+        metrics = train_rpn(cfg, log=lambda m: print(m, file=sys.stderr))
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(metrics))
+    return 0
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    """``distill phase1|phase2|cache CONFIG`` and ``eval CONFIG`` (see ``edgesam_backend/training``)."""
+    d = sub.add_parser(
+        "distill", help="distil SAM into EdgeSAM: phase1 (encoder), phase2 (prompt-in-the-loop)"
+    )
+    d.add_argument("phase", choices=("phase1", "phase2", "cache"), help="cache: only build the teacher cache")
+    d.add_argument("config", type=Path, help="YAML config (schemas/distill-phase1|2.schema.json)")
+    d.add_argument("--max-steps", type=int, help="override max_steps")
+    e = sub.add_parser("eval", help="mIoU of EdgeSAM/SAM models with box/point prompts (+1/+2 points)")
+    e.add_argument("config", type=Path, help="YAML config (schemas/eval.schema.json)")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    try:
+        from .model.checkpoint import CheckpointError
+        from .training import distill as dt
+        from .training.cache import CacheError
+        from .training.distill_config import EvalConfig, Phase1Config, Phase2Config
+        from .training.evaluate import evaluate
+    except ImportError:
+        raise CliError("training needs PyTorch: pip install 'edgesam-backend[torch]'") from None
+    from .yamlconfig import ConfigError, load_yaml_model
+
+    def log(m: str) -> None:
+        print(m, file=sys.stderr)
+
+    try:
+        if args.command == "eval":
+            print(json.dumps(evaluate(load_yaml_model(args.config, EvalConfig), log=log)))
+            return 0
+        if args.phase == "cache":
+            try:
+                cfg = load_yaml_model(args.config, Phase1Config)
+            except ConfigError:
+                cfg = load_yaml_model(args.config, Phase2Config)
+            print(json.dumps(dt.build_cache_only(cfg, log=log)))
+            return 0
+        cfg = load_yaml_model(args.config, Phase1Config if args.phase == "phase1" else Phase2Config)
+        if args.max_steps is not None:
+            cfg = cfg.model_copy(update={"max_steps": args.max_steps})
+        print(json.dumps(dt.distill(cfg, log=log)))
+    except (ConfigError, CheckpointError, CacheError, OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+def cmd_synthetic_data(args: argparse.Namespace) -> int:
+    from .training.synthetic import write_coco_dataset
+
+    path = write_coco_dataset(args.out, args.num_images, size=args.size, seed=args.seed)
+    print(json.dumps({"annotations": str(path), "images": str(args.out / "images")}))
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .labelstudio.serve import add_arguments
+
+    add_arguments(sub.add_parser("serve", help="run the Label Studio ML backend (HTTP, port 9090)"))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``edgesam serve``: the Label Studio ML backend (see ``edgesam_backend/labelstudio``)."""
+    from .engine import EngineError
+    from .labelstudio.serve import serve
+    from .labelstudio.settings import SettingsError
+
+    try:
+        return serve(args)
+    except (SettingsError, EngineError, weights.WeightsError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    """``run`` / ``validate`` / ``schema``: the YAML pipeline DSL (see ``edgesam_backend/pipeline``)."""
+    from .pipeline.cli import add_arguments
+
+    add_arguments(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,8 +367,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_predict(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command in ("distill", "eval"):
+            return cmd_distill(args)
+        if args.command == "train-rpn":
+            return cmd_train_rpn(args)
+        if args.command == "synthetic-data":
+            return cmd_synthetic_data(args)
         if args.command == "weights":
             return weights.run_cli(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command in ("run", "validate", "schema"):
+            from .pipeline.cli import run_command
+
+            return run_command(args, CliError)
     except CliError as exc:
         print(f"edgesam: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

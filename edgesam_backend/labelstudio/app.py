@@ -1,0 +1,251 @@
+"""FastAPI app speaking Label Studio's ML backend protocol (label-studio-ml 2.x conventions).
+
+Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``,
+``GET /versions``, ``GET /metrics`` (Prometheus text). ``/health`` and ``/setup`` never wait for the
+model (it is loaded before the server starts) nor for running predictions (they run on the event
+loop, predictions on worker threads: interactive clicks and batch jobs have separate thread limits,
+so a long batch job cannot starve clicks of threads). ``/webhook`` answers at once; precomputation
+runs in the background. With ``BASIC_AUTH_USER`` set, every route except ``/health`` and ``/webhook``
+(Label Studio sends webhooks without credentials) requires HTTP Basic auth.
+
+No torch is imported on this path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from .. import __version__
+from ..runtime.base import BasePredictor
+from .errors import BackendError, BadRequest
+from .images import ImageFetcher
+from .metrics import CONTENT_TYPE, Metrics
+from .model import EdgeSAMBackend
+from .settings import Settings
+
+log = logging.getLogger("edgesam_backend.labelstudio")
+
+ROUTES = ("/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics")
+NO_AUTH = ("/health", "/webhook")
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
+    """The onnxruntime predictor and a model version derived from the ONNX files' content.
+
+    ONNX files are looked up in ``EDGESAM_ONNX_DIR``, then ``MODEL_DIR`` and ``MODEL_DIR/onnx``;
+    otherwise ``EDGESAM_CHECKPOINT`` (a name or path) is resolved through the weights cache and
+    exported once (that needs torch; the Docker image exports at build/init time instead).
+    """
+    from ..engine import ensure_onnx, load_predictor, onnx_files
+
+    candidates = (
+        [settings.onnx_dir] if settings.onnx_dir else [settings.model_dir, settings.model_dir / "onnx"]
+    )
+    onnx_dir = next(
+        (Path(d) for d in candidates if d and (Path(d) / "encoder.onnx").is_file()),
+        None,
+    )
+    if settings.onnx_dir and onnx_dir is None:
+        enc, dec = onnx_files(settings.onnx_dir)  # raises with the missing file names
+    if onnx_dir is not None:
+        enc, dec = onnx_files(onnx_dir)
+    else:
+        enc, dec = ensure_onnx(settings.checkpoint)
+    predictor = load_predictor(None, onnx_dir=enc.parent, threads=settings.intra_op_threads)
+    version = settings.model_version or f"edgesam-{_file_digest([enc, dec])[:12]}"
+    return predictor, version
+
+
+class _Middleware:
+    """Pure ASGI: Basic auth, per-route request counts and latency."""
+
+    def __init__(self, app: Any, metrics: Metrics, basic_auth: tuple[str, str] | None) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.expected = None
+        if basic_auth:
+            token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
+            self.expected = f"Basic {token}".encode()
+
+    def _authorized(self, scope: dict) -> bool:
+        if self.expected is None or scope["path"] in NO_AUTH:
+            return True
+        for k, v in scope.get("headers", []):
+            if k == b"authorization":
+                try:
+                    scheme, _, cred = v.decode("latin-1").partition(" ")
+                    base64.b64decode(cred, validate=True)
+                except (ValueError, binascii.Error):
+                    return False
+                return scheme.lower() == "basic" and secrets.compare_digest(v, self.expected)
+        return False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        method = scope.get("method", "GET")
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            if not self._authorized(scope):
+                resp = JSONResponse(
+                    {"detail": "authentication required (HTTP Basic)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Basic realm="edgesam"'},
+                )
+                await resp(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.inc(route, method, str(status["code"]))
+            self.metrics.latency.observe(time.perf_counter() - t0, route, method)
+
+
+def create_app(
+    settings: Settings | None = None,
+    predictor: BasePredictor | None = None,
+    *,
+    model_version: str | None = None,
+    fetcher: ImageFetcher | None = None,
+) -> FastAPI:
+    """Build the app. Without ``predictor`` the model is loaded now (before serving), from settings."""
+    settings = settings or Settings.from_env()
+    if predictor is None:
+        predictor, version = load_backend_predictor(settings)
+    else:
+        version = settings.model_version or "edgesam"
+    version = model_version or version
+    metrics = Metrics()
+    backend = EdgeSAMBackend(settings, predictor, version, fetcher=fetcher, metrics=metrics)
+    interactive_limiter = anyio.CapacityLimiter(settings.threads)
+    batch_limiter = anyio.CapacityLimiter(max(1, settings.threads // 2))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        backend.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="EdgeSAM Label Studio ML backend",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.backend = backend
+    app.state.settings = settings
+    app.add_middleware(_Middleware, metrics=metrics, basic_auth=settings.basic_auth)
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
+        log.info("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        limit = settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise BackendError(f"request body of {length} bytes is over the limit of {limit}", 413)
+        body = await request.body()
+        if len(body) > limit:
+            raise BackendError(f"request body is over the limit of {limit} bytes", 413)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        return data
+
+    def health_body() -> dict[str, Any]:
+        return {"status": "UP", "model_class": "EdgeSAM", "model_version": backend.model_version}
+
+    @app.get("/")
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return health_body()
+
+    @app.post("/setup")
+    async def setup(request: Request) -> dict[str, Any]:
+        return backend.setup(await read_json(request))
+
+    def predict_json(body: dict[str, Any]) -> bytes:
+        # serialised here, on the worker thread: RLE lists are long, and FastAPI's generic encoder
+        # would walk every int on the event loop
+        return json.dumps(backend.predict(body), separators=(",", ":")).encode()
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Response:
+        body = await read_json(request)
+        params = body.get("params")
+        interactive = isinstance(params, dict) and bool(params.get("context"))
+        limiter = interactive_limiter if interactive else batch_limiter
+        try:
+            content = await anyio.to_thread.run_sync(predict_json, body, limiter=limiter)
+        except BackendError as exc:
+            backend.metrics.prediction_errors.inc("interactive" if interactive else "batch", str(exc.status))
+            raise
+        return Response(content, media_type="application/json")
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        status, body = backend.webhook(await read_json(request))
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/versions")
+    async def versions() -> dict[str, Any]:
+        return {"versions": [backend.model_version]}
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory edgesam_backend.labelstudio.app:app_from_env`` (each worker)."""
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings)

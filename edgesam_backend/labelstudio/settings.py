@@ -1,0 +1,147 @@
+"""Backend settings from the environment (label-studio-ml 2.x names where they exist).
+
+| variable | default | meaning |
+|---|---|---|
+| ``HOST`` / ``PORT`` | ``0.0.0.0`` / ``9090`` | listen address |
+| ``LABEL_STUDIO_URL`` (or ``LABEL_STUDIO_HOST``) | – | Label Studio's base URL (for ``/data/...`` URLs) |
+| ``LABEL_STUDIO_API_KEY`` (or ``LABEL_STUDIO_ACCESS_TOKEN``) | – | legacy token or Personal Access Token |
+| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | – | require HTTP Basic auth (not on ``/health``, ``/webhook``) |
+| ``MODEL_DIR`` | ``.`` | ``encoder.onnx`` + ``decoder.onnx`` are looked up here and in ``onnx/`` |
+| ``LOG_LEVEL`` | ``INFO`` | logging level |
+| ``WORKERS`` / ``THREADS`` | ``1`` / ``4`` | uvicorn worker processes / concurrent requests per worker |
+| ``EDGESAM_*`` | see :class:`Settings` | model, cache, image limits, mask choice, batch mode |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+MaskChoice = Literal["auto", "single", "stability", "iou"]
+
+
+class SettingsError(ValueError):
+    """An environment variable has an invalid value."""
+
+
+class Settings(BaseModel):
+    """All knobs of the Label Studio backend; build with :meth:`from_env`."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(9090, ge=0, le=65535)
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = Field(None, repr=False)
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = Field(None, repr=False)
+    model_dir: Path = Path(".")
+    log_level: str = "INFO"
+    workers: int = Field(1, ge=1)
+    threads: int = Field(4, ge=1)
+
+    # model
+    checkpoint: str = "edge_sam_3x"
+    onnx_dir: Path | None = None
+    intra_op_threads: int | None = Field(None, ge=1)
+    model_version: str | None = None
+
+    # interactive
+    mask_choice: MaskChoice = "auto"
+    polygon_tolerance: float = Field(1.0, ge=0)
+
+    # batch (automatic masks)
+    batch: bool = True
+    batch_time_budget: float = Field(80.0, ge=0)
+    default_label: str | None = None
+    amg_points_per_side: int = Field(16, ge=1, le=128)
+    amg_points_per_batch: int = Field(64, ge=1)
+    amg_pred_iou_thresh: float = 0.88
+    amg_stability_score_thresh: float = 0.95
+    amg_box_nms_thresh: float = Field(0.7, gt=0, le=1)
+    amg_min_mask_region_area: int = Field(0, ge=0)
+    amg_use_proposals: bool = True
+    batch_max_regions: int = Field(200, ge=1)
+
+    # images
+    allowed_hosts: list[str] = Field(default_factory=list)
+    local_files_document_root: Path | None = None
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(64_000_000, ge=1)
+    fetch_timeout: float = Field(15.0, gt=0)
+    url_ttl: float = Field(60.0, ge=0)
+
+    # cache
+    cache_mb: float = Field(512.0, gt=0)
+    precompute_on_webhook: bool = True
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user:
+            return self.basic_auth_user, self.basic_auth_pass or ""
+        return None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read the environment (``environ`` defaults to ``os.environ``); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+
+        def get(*names: str) -> str | None:
+            for n in names:
+                v = env.get(n)
+                if v is not None and v.strip() != "":
+                    return v.strip()
+            return None
+
+        raw: dict[str, object] = {}
+        mapping: dict[str, tuple[str, ...]] = {
+            "host": ("HOST",),
+            "port": ("PORT",),
+            "label_studio_url": ("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"),
+            "label_studio_api_key": ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
+            "basic_auth_user": ("BASIC_AUTH_USER",),
+            "basic_auth_pass": ("BASIC_AUTH_PASS",),
+            "model_dir": ("MODEL_DIR",),
+            "log_level": ("LOG_LEVEL",),
+            "workers": ("WORKERS",),
+            "threads": ("THREADS",),
+            "local_files_document_root": (
+                "LOCAL_FILES_DOCUMENT_ROOT",
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+            ),
+        }
+        for field in cls.model_fields:
+            names = mapping.get(field, ("EDGESAM_" + field.upper(),))
+            v = get(*names)
+            if v is not None:
+                raw[field] = v
+        if isinstance(raw.get("allowed_hosts"), str):
+            raw["allowed_hosts"] = [
+                h.strip().lower() for h in str(raw["allowed_hosts"]).split(",") if h.strip()
+            ]
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            errs = "; ".join(
+                f"{_env_name(str(e['loc'][0]), mapping) if e['loc'] else '?'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise SettingsError(f"invalid backend settings: {errs}") from None
+
+
+def _env_name(field: str, mapping: Mapping[str, tuple[str, ...]]) -> str:
+    return mapping.get(field, ("EDGESAM_" + field.upper(),))[0]

@@ -1,0 +1,315 @@
+"""End to end with a real Label Studio 1.23.2 (installed from PyPI into its own venv, see
+tests/e2e_labelstudio/ls_server.py): project, two tasks (an uploaded photo and an EXIF-rotated photo
+served by local storage), this backend registered over HTTP, interactive clicks (± keypoints, a
+rectangle) through ``/api/ml/{id}/interactive-annotating``, batch predictions through the Data Manager
+action. Every returned or stored mask must decode — with our decoder and with Label Studio's sdk — to
+the image's size and be pixel-identical to what the predictor returns directly for the same prompt in
+pixel coordinates (percent → pixels with the same float conversion, EXIF applied).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesam_backend.labelstudio.rle import rle_to_mask
+from edgesam_backend.runtime import transforms
+from edgesam_backend.runtime.image import load_image
+
+from .conftest import IMAGES
+from .e2e_labelstudio import ls_server
+from .e2e_labelstudio.sdk import sdk_decode, sdk_encode
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Foreground" background="#FF0000"/><Label value="Background" background="#0d14d3"/>
+  </BrushLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true">
+    <Label value="Foreground" smart="true" background="#FFaa00" showInline="true"/>
+    <Label value="Background" smart="true" background="#00aaFF" showInline="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Foreground" background="#FF00FF" showInline="true"/>
+    <Label value="Background" background="#00FF00" showInline="true"/>
+  </RectangleLabels>
+</View>"""
+
+AMG = {"points_per_side": 4, "stability_score_thresh": 0.0, "pred_iou_thresh": 0.0, "box_nms_thresh": 0.7}
+
+
+@pytest.fixture(scope="module")
+def ls_venv() -> Path:
+    try:
+        return ls_server.ensure_venv()
+    except ls_server.Unavailable as exc:
+        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
+
+
+def test_rle_matches_label_studio_sdk(ls_venv: Path, tmp_path: Path) -> None:
+    """Our encoder vs the sdk's ``mask2rle`` (byte-identical) and its ``decode_rle`` (both ways)."""
+    from edgesam_backend.labelstudio.rle import mask_to_rle
+
+    rng = np.random.default_rng(0)
+    masks = {
+        "blob": np.zeros((480, 640), bool),
+        "noise": rng.random((97, 131)) > 0.7,
+        "full": np.ones((300, 200), bool),
+        "empty": np.zeros((64, 48), bool),
+        "tiny": np.array([[True]]),
+    }
+    masks["blob"][140:300, 200:360] = True
+    ours = {k: mask_to_rle(m) for k, m in masks.items()}
+    theirs = sdk_encode(ls_venv, masks, tmp_path)
+    for k in masks:
+        assert ours[k] == theirs[k], k
+        assert np.array_equal(rle_to_mask(theirs[k], *masks[k].shape) == 255, masks[k])
+    decoded = sdk_decode(
+        ls_venv,
+        [{"rle": ours[k], "height": m.shape[0], "width": m.shape[1]} for k, m in masks.items()],
+        tmp_path,
+    )
+    for (k, m), d in zip(masks.items(), decoded, strict=True):
+        assert np.array_equal(d, m.astype(np.uint8) * 255), k
+
+
+# --- the full round trip ---------------------------------------------------------------------------
+
+
+class _Backend:
+    """This backend under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = ls_server.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Backend:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "backend did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def _keypoint(x: float, y: float, w: int, h: int, positive: bool | None, label: str = "Foreground") -> dict:
+    item = {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": 0.26},
+        "id": f"kp{x:.0f}{y:.0f}",
+        "from_name": "tag2",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+    }
+    if positive is not None:  # a manual (non-smart) keypoint has neither is_positive nor labels
+        item["is_positive"] = positive
+        item["value"].update({"labels": [label], "keypointlabels": [label]})
+    return item
+
+
+def _rectangle(x: float, y: float, bw: float, bh: float, w: int, h: int) -> dict:
+    return {
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {
+            "x": x,
+            "y": y,
+            "width": bw,
+            "height": bh,
+            "rotation": 0,
+            "rectanglelabels": ["Foreground"],
+        },
+        "id": "rect1",
+        "from_name": "tag3",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
+    }
+
+
+def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:
+    """What the predictor returns directly for the same prompt in pixels (the documented rule:
+    a single point → best stability of 3 masks; a box or several points → token 0)."""
+    kps = [c for c in ctx if c["type"] == "keypointlabels"]
+    rects = [c for c in ctx if c["type"] == "rectanglelabels"]
+    if rects:
+        v = rects[-1]["value"]
+        corners = transforms.percent_to_pixels(
+            [[v["x"], v["y"]], [v["x"] + v["width"], v["y"] + v["height"]]], w, h
+        )
+        pred = predictor.predict(box=corners.reshape(-1), num_multimask_outputs=1, embedding=emb)
+        return pred.masks[0]
+    pts = transforms.percent_to_pixels([[c["value"]["x"], c["value"]["y"]] for c in kps], w, h)
+    labels = [0 if c.get("is_positive") is False else 1 for c in kps]
+    if len(kps) == 1:
+        pred = predictor.predict(pts, labels, num_multimask_outputs=3, embedding=emb)
+        return pred.masks[pred.best("stability")]
+    return predictor.predict(pts, labels, num_multimask_outputs=1, embedding=emb).masks[0]
+
+
+def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) -> None:
+    from edgesam_backend.labelstudio.app import create_app
+    from edgesam_backend.labelstudio.settings import Settings
+    from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+
+    t_start = time.monotonic()
+    # an EXIF-rotated photo: stored landscape, displayed portrait (orientation 6 = rotate 90° CW)
+    rotated = tmp_path / "rotated.jpg"
+    with Image.open(IMAGES / "2.jpeg") as im:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        im.save(rotated, quality=92, exif=exif)
+
+    with ls_server.label_studio(tmp_path) as ls, ls.client() as api:
+        (ls.files_dir / "images").mkdir(exist_ok=True)
+        (ls.files_dir / "images" / "rotated.jpg").write_bytes(rotated.read_bytes())
+        settings = Settings.from_env(
+            {},
+            label_studio_url=ls.url,
+            label_studio_api_key=ls.token,
+            amg_points_per_side=AMG["points_per_side"],
+            amg_stability_score_thresh=AMG["stability_score_thresh"],
+            amg_pred_iou_thresh=AMG["pred_iou_thresh"],
+            amg_box_nms_thresh=AMG["box_nms_thresh"],
+        )
+        app = create_app(settings, onnx_predictor, model_version="edgesam-e2e")
+        with _Backend(app) as backend:
+            # project + tasks: an upload (/data/upload/...) and local storage (/data/local-files/?d=...)
+            pid = api.post("/api/projects", json={"title": "edgesam e2e", "label_config": CONFIG}).json()[
+                "id"
+            ]
+            with open(IMAGES / "1.jpeg", "rb") as f:
+                r = api.post(f"/api/projects/{pid}/import", files={"file": ("1.jpeg", f, "image/jpeg")})
+            assert r.status_code == 201, r.text
+            r = api.post(
+                "/api/storages/localfiles",
+                json={
+                    "project": pid,
+                    "path": str(ls.files_dir / "images"),
+                    "use_blob_urls": True,
+                    "regex_filter": r".*\.jpg",
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert api.post(f"/api/storages/localfiles/{r.json()['id']}/sync").status_code == 200
+            tasks = api.get("/api/tasks", params={"project": pid}).json()["tasks"]
+            assert len(tasks) == 2, tasks
+            by_kind = {"upload" if "/data/upload/" in t["data"]["image"] else "local": t for t in tasks}
+            assert by_kind["local"]["data"]["image"] == "/data/local-files/?d=images/rotated.jpg"
+            files = {"upload": IMAGES / "1.jpeg", "local": rotated}
+
+            # register the backend (health + setup over HTTP)
+            r = api.post(
+                "/api/ml",
+                json={"url": backend.url, "project": pid, "title": "edgesam", "is_interactive": True},
+            )
+            assert r.status_code == 201, r.text
+            ml = r.json()
+            assert ml["state"] == "CO", ml
+            mlid = ml["id"]
+            assert api.get(f"/api/ml/{mlid}/versions").json()["versions"] == ["edgesam-e2e"]
+
+            checked = 0
+            sdk_items: list[dict] = []
+            expected_masks: list[np.ndarray] = []
+            for kind, task in by_kind.items():
+                image = load_image(files[kind])  # EXIF applied, as the browser displays it
+                h, w = image.shape[:2]
+                if kind == "local":
+                    assert (w, h) == (447, 640)  # displayed portrait
+                emb = onnx_predictor.encode(image)
+                prompts = {
+                    "one point": [_keypoint(43.773, 45.807, w, h, True)],
+                    "± points": [
+                        _keypoint(43.773, 45.807, w, h, True),
+                        _keypoint(15.659, 20.817, w, h, False),
+                        _keypoint(60.25, 70.5, w, h, None),  # manual keypoint: positive
+                    ],
+                    "rectangle": [_rectangle(24.118, 30.439, 44.907, 39.099, w, h)],
+                }
+                for name, ctx in prompts.items():
+                    r = api.post(
+                        f"/api/ml/{mlid}/interactive-annotating",
+                        json={"task": task["id"], "context": {"result": ctx}},
+                    )
+                    assert r.status_code == 200, r.text
+                    body = r.json()
+                    assert "errors" not in body, (kind, name, body)
+                    data = body["data"]
+                    assert data["model_version"] == "edgesam-e2e"
+                    (region,) = data["result"]
+                    assert region["type"] == "brushlabels" and region["from_name"] == "tag"
+                    assert region["to_name"] == "image"
+                    assert region["value"]["brushlabels"] == ["Foreground"]
+                    assert (region["original_width"], region["original_height"]) == (w, h)
+                    got = rle_to_mask(region["value"]["rle"], h, w)
+                    want = _expected(onnx_predictor, emb, ctx, w, h)
+                    assert want.any(), (kind, name)
+                    assert np.array_equal(got == 255, want), (
+                        f"{kind} / {name}: mask differs from the predictor's"
+                    )
+                    sdk_items.append({"rle": region["value"]["rle"], "height": h, "width": w})
+                    expected_masks.append(want)
+                    checked += 1
+            assert checked == 6
+
+            # a bad click through Label Studio: reported as an error, the backend keeps serving
+            bad = [_keypoint(143.0, 45.0, 640, 428, True)]
+            r = api.post(
+                f"/api/ml/{mlid}/interactive-annotating",
+                json={"task": by_kind["upload"]["id"], "context": {"result": bad}},
+            )
+            assert r.status_code == 200 and "422" in r.json()["errors"][0], r.text
+            assert api.get(f"/api/ml/{mlid}").json()["state"] == "CO"
+
+            # batch: Data Manager "Retrieve predictions" → stored predictions
+            r = api.post(
+                "/api/dm/actions",
+                params={"id": "retrieve_tasks_predictions", "project": pid},
+                json={"selectedItems": {"all": True, "excluded": []}},
+            )
+            assert r.status_code == 200, r.text
+            preds = api.get("/api/predictions", params={"project": pid}).json()
+            assert len(preds) == 2, preds
+            amg = AutomaticMaskGenerator(onnx_predictor, **AMG)
+            for pred in preds:
+                assert pred["model_version"] == "edgesam-e2e"
+                kind = next(k for k, t in by_kind.items() if t["id"] == pred["task"])
+                image = load_image(files[kind])
+                h, w = image.shape[:2]
+                records = amg.generate(onnx_predictor.encode(image))
+                assert len(records) >= 1
+                assert len(pred["result"]) == len(records)
+                for region, rec in zip(pred["result"], records, strict=True):
+                    assert region["value"]["brushlabels"] == ["Foreground"]
+                    assert (region["original_width"], region["original_height"]) == (w, h)
+                    got = rle_to_mask(region["value"]["rle"], h, w)
+                    assert np.array_equal(got == 255, rec["segmentation"]), f"batch mask differs ({kind})"
+                    sdk_items.append({"rle": region["value"]["rle"], "height": h, "width": w})
+                    expected_masks.append(rec["segmentation"])
+
+        # Label Studio's own decoder agrees on every mask we sent
+        for d, want in zip(sdk_decode(ls_venv, sdk_items, tmp_path), expected_masks, strict=True):
+            assert np.array_equal(d == 255, want)
+    print(f"label studio e2e: {time.monotonic() - t_start:.1f} s")
