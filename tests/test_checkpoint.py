@@ -67,9 +67,17 @@ def test_sam_checkpoint_gets_a_hint():
         load_edge_sam(sam_like)
 
 
-def test_optional_rpn_keys_are_accepted(sd):
-    model = load_edge_sam({**sd, "rpn_head.cls.weight": torch.zeros(2, 2)})
-    assert torch.equal(_first_param(model), sd["image_encoder.features.0.0.c.weight"])
+def test_rpn_keys_must_match_the_head(sd):
+    """A checkpoint with rpn_head.* builds the head; malformed head weights are a clear error."""
+    model = load_edge_sam(sd, with_rpn=True)  # official weights + untrained head
+    good = model.state_dict()
+    again = load_edge_sam(good)
+    assert again.rpn_head is not None
+    assert torch.equal(_first_param(again), sd["image_encoder.features.0.0.c.weight"])
+    with pytest.raises(CheckpointError, match=r"region proposal head .* rpn_head\.cls\.weight"):
+        load_edge_sam({**sd, "rpn_head.cls.weight": torch.zeros(2, 2)})
+    plain = load_edge_sam({**sd, "rpn_head.cls.weight": torch.zeros(2, 2)}, with_rpn=False)
+    assert plain.rpn_head is None  # the head's keys are skipped when no head is built
 
 
 def test_file_errors(tmp_path):

@@ -111,11 +111,30 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
     """Load ``sd`` into ``model`` with strict semantics for every official key.
 
-    Optional-prefix keys load when both sides have them; present on one side only, they are
-    skipped (an official checkpoint into a model with an RPN head, or the reverse).
+    Optional-prefix keys (the region proposal head) load when both sides have them, and must then
+    match exactly; present on one side only, they are skipped (an official checkpoint into a model
+    with an RPN head, or the reverse).
     """
     own = model.state_dict()
     check_state_dict(sd, {k: tuple(v.shape) for k, v in own.items() if not k.startswith(OPTIONAL_PREFIXES)})
+    own_opt = {k: tuple(v.shape) for k, v in own.items() if k.startswith(OPTIONAL_PREFIXES)}
+    sd_opt = {k: tuple(v.shape) for k, v in sd.items() if k.startswith(OPTIONAL_PREFIXES)}
+    if own_opt and sd_opt and own_opt != sd_opt:
+        missing = [k for k in own_opt if k not in sd_opt]
+        unexpected = [k for k in sd_opt if k not in own_opt]
+        wrong = [f"{k} {sd_opt[k]} != {v}" for k, v in own_opt.items() if k in sd_opt and sd_opt[k] != v]
+        raise CheckpointError(
+            "region proposal head weights do not match this model: "
+            + "; ".join(
+                p
+                for p in (
+                    f"{len(missing)} missing keys: {_fmt(missing)}" if missing else "",
+                    f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}" if unexpected else "",
+                    f"{len(wrong)} shape mismatches: {_fmt(wrong, 5)}" if wrong else "",
+                )
+                if p
+            )
+        )
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
