@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -210,8 +211,8 @@ def create_app(
 
     def predict_json(body: dict[str, Any]) -> bytes:
         # serialised here, on the worker thread: RLE lists are long, and FastAPI's generic encoder
-        # would walk every int on the event loop
-        return json.dumps(backend.predict(body), separators=(",", ":")).encode()
+        # would walk every int on the event loop; orjson is ~5x faster than json on them
+        return orjson.dumps(backend.predict(body))
 
     @app.post("/predict")
     async def predict(request: Request) -> Response:
