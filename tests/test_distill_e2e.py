@@ -321,7 +321,7 @@ def test_cli_distill_and_errors(data, tmp_path, capsys):
     raw["teacher"] = {"kind": "vit_b", "checkpoint": str(tmp_path / "sam_vit_b_01ec64.pth")}
     path.write_text(yaml.safe_dump(raw))
     assert main(["distill", "phase1", str(path)]) == 2
-    assert "SAM checkpoint not found" in capsys.readouterr().err
+    assert "SAM checkpoint file not found" in capsys.readouterr().err
 
 
 def test_sa1b_layout_reader(data, tmp_path):

@@ -93,19 +93,32 @@ def check_checkpoint_obj(obj: Any) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """``torch.load`` (weights only, CPU) + unwrap + validate."""
+def read_checkpoint_file(
+    path: str | os.PathLike[str], what: str = "checkpoint", hint: str = ""
+) -> dict[str, torch.Tensor]:
+    """``torch.load`` (weights only, CPU) + unwrap; no layout check. Errors name the file
+    (``what`` and ``hint`` tailor the not-found message)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(f"{what} file not found: {path}{hint}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
     try:
-        return check_checkpoint_obj(obj)
+        return unwrap_state_dict(obj)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """:func:`read_checkpoint_file` + validation against EdgeSAM's official layout."""
+    sd = read_checkpoint_file(path)
+    try:
+        check_state_dict(sd)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return sd
 
 
 def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:

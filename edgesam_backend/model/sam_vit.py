@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..runtime.transforms import PIXEL_MEAN, PIXEL_STD
-from .checkpoint import CheckpointError, unwrap_state_dict
+from .checkpoint import CheckpointError, read_checkpoint_file, unwrap_state_dict
 from .common import LayerNorm2d, MLPBlock
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -430,17 +429,8 @@ def _native_img_size(sd: Mapping[str, torch.Tensor]) -> int | None:
 def _read_checkpoint(checkpoint: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, Mapping):
         return unwrap_state_dict(checkpoint)
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(
-            f"SAM checkpoint not found: {path} (the official files are "
-            f"{', '.join(OFFICIAL_FILES.values())} from https://github.com/facebookresearch/segment-anything)"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"cannot read SAM checkpoint {path}: {exc}") from exc
-    try:
-        return unwrap_state_dict(obj)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    hint = (
+        f" (the official files are {', '.join(OFFICIAL_FILES.values())} from "
+        "https://github.com/facebookresearch/segment-anything)"
+    )
+    return read_checkpoint_file(checkpoint, what="SAM checkpoint", hint=hint)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..model.checkpoint import CheckpointError, check_state_dict, unwrap_state_dict
+from ..model.checkpoint import CheckpointError, check_state_dict, read_checkpoint_file, unwrap_state_dict
 from ..model.common import LayerNorm2d
 from ..model.edge_sam import EdgeSam, build_edge_sam
 from ..model.prompt_encoder import PromptEncoder
@@ -117,15 +116,7 @@ def load_student_weights(
 ) -> None:
     """Load a state_dict (path or object) into ``model`` strictly. ``official``: also check EdgeSAM's
     official key/shape layout first (the real topology)."""
-    if not isinstance(source, Mapping):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for corrupt files
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    sd = student_state_dict(source)
+    sd = student_state_dict(source if isinstance(source, Mapping) else read_checkpoint_file(source))
     if official:
         check_state_dict(sd)
     own = model.state_dict()
