@@ -43,6 +43,8 @@ def list_images() -> list[Path]:
 
 
 def summarise(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
     keys = ("total_s", "encoder_s", "decoder_s", "postprocess_s", "upscale_s")
     out = {f"median_{k}": round(statistics.median(r[k] for r in rows), 3) for k in keys}
     out["mean_total_s"] = round(statistics.fmean(r["total_s"] for r in rows), 3)
