@@ -433,15 +433,23 @@ class AutomaticMaskGenerator:
         NMS (``proposal_nms_thresh``) as box prompts, see :meth:`generate_from_boxes`. Needs an encoder
         exported with the region proposal head (``ImageEmbedding.proposals``)."""
         emb = embedding_or_image
-        if not isinstance(emb, ImageEmbedding):
+        t0 = time.perf_counter()
+        encoded = not isinstance(emb, ImageEmbedding)
+        if encoded:
             emb = self.predictor.encode(_check_image(emb))
+        encode_s = time.perf_counter() - t0
         if emb.proposals is None:
             raise ValueError(
                 "this model has no region proposal head: export a checkpoint with rpn_head.* weights "
                 "(edgesam train-rpn), or use generate() (point grid)"
             )
         props = emb.proposals.top(int(top_k), proposal_nms_thresh)
-        return self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=return_stats)
+        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True)
+        st["encoder_calls"] += int(encoded)
+        st["encoder_s"] += encode_s
+        st["total_s"] = time.perf_counter() - t0  # wall time incl. encoding and proposal decoding
+        self.last_stats = st
+        return (records, st) if return_stats else records
 
     # --- stages --------------------------------------------------------------------------------------
     def _new_stats(self, mode: str) -> dict[str, Any]:

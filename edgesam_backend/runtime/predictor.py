@@ -26,12 +26,18 @@ class OnnxModelError(ValueError):
     """An ONNX file is missing or is not an EdgeSAM encoder/decoder this runtime understands."""
 
 
-def session_options(intra_op_num_threads: int | None = None) -> ort.SessionOptions:
-    """CPU-friendly defaults: full graph optimisation, sequential execution, given intra-op threads."""
+def session_options(intra_op_num_threads: int | None = None, mem_arena: bool = True) -> ort.SessionOptions:
+    """CPU-friendly defaults: full graph optimisation, sequential execution, given intra-op threads.
+
+    ``mem_arena=False`` turns off onnxruntime's CPU memory arena: the decoder uses it, because with
+    the arena a batch of 64 prompts kept ~3.7 GB resident and ran 2x slower, without it ~0.1 GB; the
+    encoder (fixed shapes) keeps the arena, which is ~20% faster for it.
+    """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = mem_arena
     if intra_op_num_threads:
         so.intra_op_num_threads = int(intra_op_num_threads)
     return so
@@ -88,9 +94,10 @@ class OnnxPredictor(BasePredictor):
         providers: list[str] | None = None,
     ) -> None:
         super().__init__()
-        so = session_options(intra_op_num_threads)
-        self.encoder = _session(encoder_path, so, providers)
-        self.decoder = _session(decoder_path, so, providers)
+        self.encoder = _session(encoder_path, session_options(intra_op_num_threads), providers)
+        self.decoder = _session(
+            decoder_path, session_options(intra_op_num_threads, mem_arena=False), providers
+        )
         enc_inputs = self.encoder.get_inputs()
         if len(enc_inputs) != 1 or list(enc_inputs[0].shape)[1:] != [3, 1024, 1024]:
             raise OnnxModelError(
