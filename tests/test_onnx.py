@@ -198,3 +198,12 @@ def test_serving_path_does_not_import_torch():
         "assert not bad, bad[:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_decoder_without_memory_arena_gives_identical_results(onnx_dir, onnx_predictor, ref_vectors):
+    lean = OnnxPredictor(onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx", decoder_mem_arena=False)
+    emb = ref_embedding(ref_vectors)
+    a = lean.predict(**PROMPTS["c_points"], num_multimask_outputs=4, embedding=emb)
+    b = onnx_predictor.predict(**PROMPTS["c_points"], num_multimask_outputs=4, embedding=emb)
+    np.testing.assert_array_equal(a.low_res_logits, b.low_res_logits)
+    assert lean.decoder.get_session_options().enable_cpu_mem_arena is False
