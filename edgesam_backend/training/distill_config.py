@@ -6,7 +6,8 @@ clip 5.0; phase 2 is 5 epochs at batch 16, base LR 3.2e-3 (→ 1e-4), no warm-up
 clip 0.01, up to 16 prompts per image, 2 decode iterations, BCE + Dice 5/5. Every size scales with
 ``image_size`` (embedding ``image_size/16``, masks ``image_size/4``). Unknown keys are errors.
 JSON Schemas: ``schemas/distill-phase1.schema.json``, ``schemas/distill-phase2.schema.json``,
-``schemas/eval.schema.json`` (regenerate with ``python -m edgesam_backend.training.distill_config``).
+``schemas/eval.schema.json``, and ``schemas/rpn-train.schema.json`` for ``edgesam train-rpn``
+(regenerate with ``python -m edgesam_backend.training.distill_config``).
 """
 
 from __future__ import annotations
@@ -261,9 +262,14 @@ class EvalConfig(_Strict):
 
 
 def schemas() -> dict[str, dict]:
-    """The JSON Schemas written to ``schemas/`` (file name → schema)."""
+    """The training JSON Schemas written to ``schemas/`` (file name → schema), the region proposal
+    module's ``train-rpn`` config included."""
+    from .rpn import RpnTrainConfig
+
     mod = sys.modules[__name__]
-    return {name: getattr(mod, cls).model_json_schema() for name, cls in SCHEMA_FILES.items()}
+    out = {name: getattr(mod, cls).model_json_schema() for name, cls in SCHEMA_FILES.items()}
+    out["rpn-train.schema.json"] = RpnTrainConfig.model_json_schema()
+    return out
 
 
 def schema_text(schema: dict) -> str:
