@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -407,40 +407,6 @@ def download(
 # Verification
 # --------------------------------------------------------------------------------------------
 
-_CHECKPOINT_MODULE = "edgesam_backend.model.checkpoint"
-
-
-def _basic_check_checkpoint_obj(obj: Any) -> None:
-    """Minimal structural check used only when the full checker module is unavailable."""
-    state = obj
-    if isinstance(state, Mapping):
-        for wrapper in ("model", "state_dict"):
-            if wrapper in state and isinstance(state[wrapper], Mapping):
-                state = state[wrapper]
-                break
-    if not isinstance(state, Mapping):
-        raise WeightsError(f"expected a state_dict (mapping), got {type(obj).__name__}")
-    missing = [
-        prefix
-        for prefix in ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-        if not any(isinstance(k, str) and k.startswith(prefix) for k in state)
-    ]
-    if missing:
-        raise WeightsError(f"no parameters under {', '.join(missing)} (keys seen: {len(state)})")
-
-
-def _checkpoint_checker() -> Callable[[Any], None]:
-    """Return ``check_checkpoint_obj`` from the model package, or the minimal fallback."""
-    try:
-        import importlib
-
-        module = importlib.import_module(_CHECKPOINT_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name in (_CHECKPOINT_MODULE, "edgesam_backend.model", "edgesam_backend"):
-            return _basic_check_checkpoint_obj
-        raise
-    return module.check_checkpoint_obj
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
@@ -451,8 +417,8 @@ def _first_line(exc: BaseException) -> str:
 def verify_checkpoint(path: str | os.PathLike[str]) -> None:
     """Check that ``path`` is a loadable EdgeSAM checkpoint.
 
-    With torch installed the file is loaded with ``torch.load(..., weights_only=True)`` and its
-    keys/shapes are checked by ``edgesam_backend.model.checkpoint.check_checkpoint_obj``. Without
+    With torch installed the file is loaded and checked key by key and shape by shape by
+    ``edgesam_backend.model.checkpoint.load_state_dict_file`` (the engine's own loader). Without
     torch, only the container format is checked (a zip archive with a ``data.pkl`` entry, which is
     what ``torch.save`` writes).
 
@@ -463,31 +429,29 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> None:
     if not path.is_file():
         raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: file not found")
     try:
-        import torch
+        import torch  # noqa: F401 - the full check needs the [torch] extra
     except ImportError:
-        torch = None
-
-    if torch is None:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise WeightsError(
-                f"{path} is not a valid EdgeSAM checkpoint: not a torch.save zip archive ({_first_line(exc)})"
-            ) from exc
-        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: zip archive has no data.pkl entry")
+        _check_torch_container(path)
         return
+    from .model.checkpoint import CheckpointError, load_state_dict_file
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: {_first_line(exc)}") from exc
+        load_state_dict_file(path)
+    except CheckpointError as exc:
+        raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: {exc}") from exc
+
+
+def _check_torch_container(path: Path) -> None:
+    """Without torch only the container format is checked: a zip archive with a ``data.pkl`` entry."""
     try:
-        _checkpoint_checker()(obj)
-    except Exception as exc:
-        reason = str(exc).strip() or type(exc).__name__
-        raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: {reason}") from exc
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightsError(
+            f"{path} is not a valid EdgeSAM checkpoint: not a torch.save zip archive ({_first_line(exc)})"
+        ) from exc
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise WeightsError(f"{path} is not a valid EdgeSAM checkpoint: zip archive has no data.pkl entry")
 
 
 # --------------------------------------------------------------------------------------------

@@ -545,20 +545,6 @@ def test_verify_checkpoint_wrapped_state_dict(tmp_path: Path) -> None:
     W.verify_checkpoint(wrapped)
 
 
-def test_verify_checkpoint_fallback_without_checker_module(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt_bytes: bytes, bad_ckpt_bytes: bytes
-) -> None:
-    # If edgesam_backend.model.checkpoint cannot be imported, a minimal structural check is used.
-    monkeypatch.setitem(sys.modules, "edgesam_backend.model.checkpoint", None)
-    good = tmp_path / "good.pth"
-    good.write_bytes(ckpt_bytes)
-    W.verify_checkpoint(good)
-    bad = tmp_path / "bad.pth"
-    bad.write_bytes(bad_ckpt_bytes)
-    with pytest.raises(W.WeightsError, match="no parameters under image_encoder"):
-        W.verify_checkpoint(bad)
-
-
 def test_verify_checkpoint_without_torch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt_bytes: bytes, bad_ckpt_bytes: bytes
 ) -> None:

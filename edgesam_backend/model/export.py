@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..runtime import transforms
-from ..runtime.base import pack_prompt
+from ..runtime.base import ImageEmbedding, pack_prompt
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
 from ..weights import file_sha256
 from .checkpoint import load_edge_sam
@@ -220,7 +220,7 @@ def validate_export(
     image = _validation_image() if image is None else image
     tp = TorchPredictor(model)
     op = OnnxPredictor(encoder_path, decoder_path)
-    x, _ = transforms.preprocess(image)
+    x, input_hw = transforms.preprocess(image)
     t_out, o_out = tp._encode_outputs(x), op._encode_outputs(x)
     if set(t_out) != set(o_out):
         raise ExportError(f"encoder outputs differ: {sorted(t_out)} vs {sorted(o_out)}")
@@ -232,7 +232,8 @@ def validate_export(
         )
         for k in t_out
     )
-    te = tp.encode(image)
+    # the decoders are compared on the same (PyTorch) embeddings; no second encoder pass
+    te = ImageEmbedding(t_out["image_embeddings"], (int(image.shape[0]), int(image.shape[1])), input_hw)
     h, w = image.shape[:2]
     prompts = {
         "point": ([[w * 0.4, h * 0.3]], [1], None),
