@@ -1,8 +1,11 @@
 """YAML → pydantic with errors that point at the YAML line and column.
 
-``load_yaml_model(path, Model)`` parses with PyYAML, expands ``${ENV}`` / ``${ENV:-default}`` in
-string scalars, validates with pydantic, and raises :class:`ConfigError` whose message lists each
-problem as ``file:line:col: key.path: message``.
+``load_yaml_model(path, Model)`` parses with PyYAML, expands ``${VAR}`` / ``${VAR:-default}`` in
+scalars, validates with pydantic, and raises :class:`ConfigError` whose message lists each problem
+as ``file:line:col: key.path: message``. Every config (pipelines, train-rpn, distillation) shares
+these rules: ``${VAR:-x}`` uses ``x`` when VAR is unset or empty (shell semantics); an unquoted
+scalar that is exactly one ``${...}`` takes the YAML type of its value (``32`` is an int, ``null`` is
+None), a quoted one stays a string; an unset VAR without a default is an error at its line.
 """
 
 from __future__ import annotations
@@ -52,25 +55,57 @@ def locate(path: str | os.PathLike[str], root: yaml.Node | None, loc: tuple[Any,
     return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
 
 
-def expand_env(value: Any) -> Any:
-    """Recursively expand ``${VAR}`` and ``${VAR:-default}`` in strings; unknown vars without a
-    default raise :class:`ConfigError`."""
-    if isinstance(value, str):
+def compose(text: str, path: Path) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
 
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"environment variable {name} is not set (use ${{{name}:-default}})")
 
-        return _ENV.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v) for v in value]
-    return value
+def expand_env_nodes(node: yaml.Node | None, path: Path) -> None:
+    """Expand ``${VAR}`` in scalar values in place (see module docs for the typing rule)."""
+    if node is None:
+        return
+    if isinstance(node, yaml.MappingNode):
+        for _, v in node.value:
+            expand_env_nodes(v, path)
+        return
+    if isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            expand_env_nodes(v, path)
+        return
+    if not isinstance(node, yaml.ScalarNode) or "${" not in node.value:
+        return
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = os.environ.get(name)
+        if default is not None and not value:  # shell semantics: unset or empty → default
+            return default
+        if value is not None:
+            return value
+        mark = node.start_mark
+        raise ConfigError(
+            f"{path}:{mark.line + 1}:{mark.column + 1}: environment variable {name} is not set "
+            f"(use ${{{name}:-default}})"
+        )
+
+    whole = _ENV.fullmatch(node.value) is not None
+    node.value = _ENV.sub(sub, node.value)
+    if node.style is None and whole:  # plain scalar: type the value as YAML would
+        node.tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, node.value, (True, False))
+
+
+def construct(root: yaml.Node | None) -> Any:
+    if root is None:
+        return None
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
 
 
 def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
@@ -80,18 +115,13 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    root = compose(text, p)
+    expand_env_nodes(root, p)
+    data = construct(root)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}:1:1: expected a mapping of keys, got {type(data).__name__}")
-    data = expand_env(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

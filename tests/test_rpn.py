@@ -301,3 +301,19 @@ def test_train_rpn_cli_config_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{cfg}:4:13: batch_size" in err
     assert f"{cfg}:5:6: foo: unknown key" in err
+
+
+def test_train_rpn_config_env_expansion_shares_the_pipeline_rules(tmp_path, monkeypatch):
+    from edgesam_backend.yamlconfig import ConfigError, load_yaml_model
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "train_images: ${DATA}/images\ntrain_annotations: a.json\noutput_dir: o\nmax_steps: ${STEPS:-7}\n"
+    )
+    monkeypatch.setenv("DATA", "/data")
+    monkeypatch.setenv("STEPS", "")  # empty → the default, as in the shell
+    c = load_yaml_model(cfg, RpnTrainConfig)
+    assert str(c.train_images) == "/data/images" and c.max_steps == 7
+    monkeypatch.delenv("DATA")
+    with pytest.raises(ConfigError, match=rf"{cfg}:1:15: environment variable DATA is not set"):
+        load_yaml_model(cfg, RpnTrainConfig)

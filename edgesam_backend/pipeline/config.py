@@ -40,14 +40,13 @@ from pydantic import (
     model_validator,
 )
 
-from ..yamlconfig import ConfigError
+from ..yamlconfig import ConfigError, compose, construct, expand_env_nodes
 from .base import ROLES
 from .registry import StepSpec, load_registry
 from .types import AnyPath, PositiveInt
 
 SCHEMA_ID = "https://github.com/edgesam-backend/schemas/pipeline.schema.json"
 SCHEMA_FILE = "pipeline.schema.json"
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ROLE_RANK = {"source": 0, "prompt": 1, "segment": 2, "refine": 3, "export": 4}
 
 
@@ -257,59 +256,6 @@ class _Errors:
         if self.lines:
             msgs = [m for _, _, m in sorted(self.lines, key=lambda e: (e[0], e[1]))]
             raise ConfigError("invalid pipeline:\n  " + "\n  ".join(msgs))
-
-
-def _compose(text: str, path: Path) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-
-
-def _expand_nodes(node: yaml.Node | None, path: Path) -> None:
-    """Expand ``${VAR}`` in scalar values in place (see module docs for the typing rule)."""
-    if node is None:
-        return
-    if isinstance(node, yaml.MappingNode):
-        for _, v in node.value:
-            _expand_nodes(v, path)
-        return
-    if isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            _expand_nodes(v, path)
-        return
-    if not isinstance(node, yaml.ScalarNode) or "${" not in node.value:
-        return
-
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        value = os.environ.get(name)
-        if default is not None and not value:  # shell semantics: unset or empty → default
-            return default
-        if value is not None:
-            return value
-        mark = node.start_mark
-        raise ConfigError(
-            f"{path}:{mark.line + 1}:{mark.column + 1}: environment variable {name} is not set "
-            f"(use ${{{name}:-default}})"
-        )
-
-    whole = _ENV.fullmatch(node.value) is not None
-    node.value = _ENV.sub(sub, node.value)
-    if node.style is None and whole:  # plain scalar: type the value as YAML would
-        node.tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, node.value, (True, False))
-
-
-def _construct(root: yaml.Node | None) -> Any:
-    if root is None:
-        return None
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_document(root)
-    finally:
-        loader.dispose()
 
 
 _SET_TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
@@ -543,9 +489,9 @@ def load_pipeline(
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
-    root = _compose(text, p)
-    _expand_nodes(root, p)
-    data = _construct(root)
+    root = compose(text, p)
+    expand_env_nodes(root, p)
+    data = construct(root)
     if data is None:
         data = {}
     if not isinstance(data, dict):
