@@ -118,25 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Atomic ``np.savez_compressed``: write a temp file next to ``path`` and rename."""
-    import os
+    """Atomic ``np.savez_compressed``."""
+    from .fileio import atomic_open
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _save_png(path: Path, mask: np.ndarray) -> None:
-    import os
-
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from .fileio import atomic_open
+
+    with atomic_open(path) as f:
+        Image.fromarray(mask.astype(np.uint8) * 255, "L").save(f, format="PNG")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fileio import atomic_open, atomic_write_text
 from ..runtime import transforms
 from .data import DistillDataset
 
@@ -71,9 +72,7 @@ class EmbeddingCache:
             return found
         if meta is None:
             raise CacheError(f"{self.dir} has no meta.json: not a teacher-embedding cache")
-        tmp = path.with_name(f".meta.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True))
         return meta
 
     def reload(self) -> None:
@@ -140,12 +139,8 @@ class EmbeddingCache:
     def write_shard(self, rank: int, records: list[dict[str, Any]], arrays: list[np.ndarray]) -> str:
         """Write one shard atomically, then append its manifest lines (fsynced)."""
         name = f"shard_r{rank}_{self.next_shard_index(rank):05d}.npy"
-        tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(self.dir / name, fsync=True) as f:
             np.save(f, np.stack(arrays).astype(np.float16))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / name)
         self._shards.pop(name, None)
         lines = []
         for off, rec in enumerate(records):

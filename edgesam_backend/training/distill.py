@@ -31,6 +31,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from ..fileio import atomic_open, atomic_write_text
 from ..model.checkpoint import CheckpointError, check_state_dict, unwrap_state_dict
 from ..model.edge_sam import EdgeSam
 from ..model.sam_vit import SamTeacher
@@ -312,9 +313,8 @@ def num_threads(n: int | None) -> Iterator[None]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def _step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -566,8 +566,6 @@ def _distill(cfg: Phase1Config | Phase2Config, log: Log) -> dict[str, Any]:
             check_state_dict(sd)  # the official layout, or fail loudly
         _atomic_save(sd, out / FINAL_NAME)
         metrics["final"] = str(out / FINAL_NAME)
-        tmp = out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, out / "metrics.json")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     env.barrier()
     return metrics

@@ -20,7 +20,6 @@ Protocol (EdgeSAM's ``evaluation/eval_mIoU.py``, see ``../shared/docs/edgesam-tr
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..fileio import atomic_write_text
 from ..runtime import transforms
 from .data import DistillDataset, decode_mask
 from .distill_config import EvalConfig, EvalModelConfig
@@ -288,8 +288,5 @@ def _evaluate(cfg: EvalConfig, log: Callable[[str], Any]) -> dict[str, Any]:
         }
     report["seconds"] = round(time.perf_counter() - t0, 2)
     out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(report, indent=2, allow_nan=False))
     return report

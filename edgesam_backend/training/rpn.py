@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.nn import functional as F
 
+from ..fileio import atomic_open, atomic_write_text
 from ..model.checkpoint import load_edge_sam
 from ..model.edge_sam import EdgeSam
 from ..runtime import transforms
@@ -238,9 +238,8 @@ def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[i
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
@@ -336,7 +335,5 @@ def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
         metrics["loss_last"] = float(np.mean([h["loss"] for h in history[-k:]]))
     if val is not None:
         metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -19,6 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pycocotools import mask as mask_utils
 
+from ..fileio import atomic_write_text
+
 SHAPES = ("rectangle", "ellipse", "triangle", "polygon", "star")
 TEXTURES = ("solid", "stripes", "checker", "noise")
 
@@ -165,7 +167,5 @@ def write_coco_dataset(
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
     }
     path = out / "annotations.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(coco))
     return path

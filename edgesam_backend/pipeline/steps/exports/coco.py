@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import Field
 
+from ....fileio import atomic_write_text
 from ...base import ExportRun, ExportStep, PipelineError, StepConfig
 from ...maskops import mask_polygons, rle_decode
 from ...records import ImageItem, ImageResult
-from ...store import atomic_write_text
 
 
 class CocoExportConfig(StepConfig):

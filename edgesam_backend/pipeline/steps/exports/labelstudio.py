@@ -19,10 +19,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ....fileio import atomic_write_text
 from ...base import ExportRun, ExportStep, PipelineError, StepConfig
 from ...maskops import rle_decode
 from ...records import ImageItem, ImageResult
-from ...store import atomic_write_text
 
 
 class PushConfig(StepConfig):

@@ -20,10 +20,10 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydantic import Field, model_validator
 
+from ....fileio import atomic_write_bytes, atomic_write_text
 from ...base import ExportRun, ExportStep, StepConfig
 from ...maskops import rle_decode
 from ...records import ImageItem, ImageResult
-from ...store import atomic_write_bytes, atomic_write_text
 from .common import NameGuard, derived_name
 
 

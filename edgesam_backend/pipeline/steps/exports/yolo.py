@@ -14,11 +14,11 @@ from typing import Any
 import yaml
 from pydantic import Field
 
+from ....fileio import atomic_write_text
 from ....runtime import transforms
 from ...base import ExportRun, ExportStep, StepConfig
 from ...maskops import mask_polygons, rle_decode
 from ...records import ImageItem, ImageResult
-from ...store import atomic_write_text
 from .common import NameGuard, derived_name
 
 
