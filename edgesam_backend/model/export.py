@@ -31,6 +31,7 @@ from torch import nn
 from ..runtime import transforms
 from ..runtime.base import ImageEmbedding, pack_prompt
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
+from ..runtime.onnx_metadata import update_metadata
 from ..weights import file_sha256
 from .checkpoint import load_edge_sam
 from .edge_sam import EdgeSam
@@ -125,18 +126,6 @@ class ExportResult:
     decoder_path: Path
     encoder_max_abs_diff: float
     decoder_max_abs_diff: dict[str, float] = field(default_factory=dict)
-
-
-def _set_metadata(path: Path, props: dict[str, str]) -> None:
-    import onnx
-
-    m = onnx.load(str(path))
-    for k, v in props.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    tmp = path.with_suffix(".tmp.onnx")
-    onnx.save(m, str(tmp))
-    os.replace(tmp, path)
 
 
 def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, reparam: bool = True) -> None:
@@ -293,8 +282,8 @@ def export_onnx(
         enc_tmp, dec_tmp = Path(tmp) / "encoder.onnx", Path(tmp) / "decoder.onnx"
         export_encoder(model, enc_tmp, opset)
         export_decoder(model, dec_tmp, opset)
-        _set_metadata(enc_tmp, {**meta, "edgesam.role": "encoder"})
-        _set_metadata(dec_tmp, {**meta, "edgesam.role": "decoder"})
+        update_metadata(enc_tmp, {**meta, "edgesam.role": "encoder"})
+        update_metadata(dec_tmp, {**meta, "edgesam.role": "decoder"})
         enc_diff, dec_diff = (
             validate_export(model, enc_tmp, dec_tmp, tolerance) if validate else (float("nan"), {})
         )

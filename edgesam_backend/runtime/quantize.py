@@ -51,6 +51,7 @@ from onnxruntime.quantization import (
 from . import transforms
 from .base import BasePredictor
 from .image import ImageError, load_image
+from .onnx_metadata import read_metadata, update_metadata
 
 #: File name of the int8 encoder next to ``encoder.onnx``.
 INT8_ENCODER_FILE = "encoder.int8.onnx"
@@ -373,14 +374,7 @@ def quantize_encoder(
 
 def _write_metadata(src: Path, path: Path, extra: dict[str, str]) -> None:
     """Carry the fp32 model's ``edgesam.*`` metadata over to ``path`` and add ``extra``."""
-    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    props.update(extra)
-    m = onnx.load(str(path))
-    del m.metadata_props[:]
-    for k, v in props.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(m, str(path))
+    update_metadata(path, {**read_metadata(src), **extra})
 
 
 # --- agreement -------------------------------------------------------------------------------------
@@ -481,7 +475,6 @@ def agreement(
 def record_agreement(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
     """Store an :func:`agreement` summary in the int8 model's metadata (``edgesam.int8.*``), atomically."""
     p = Path(path)
-    m = onnx.load(str(p))
     values = {
         "edgesam.int8.mean_iou": f"{result['mean_iou']:.6f}",
         "edgesam.int8.min_iou": f"{result['min_iou']:.6f}",
@@ -489,19 +482,7 @@ def record_agreement(path: str | os.PathLike[str], result: dict[str, Any]) -> No
         "edgesam.int8.agreement_images": str(result["num_images"]),
         "edgesam.int8.passes": str(bool(result["passes"])).lower(),
     }
-    kept = [(e.key, e.value) for e in m.metadata_props if e.key not in values]
-    del m.metadata_props[:]
-    for k, v in [*kept, *values.items()]:
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(m, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    update_metadata(p, values)
 
 
 def is_int8_model(path: str | os.PathLike[str]) -> bool:
