@@ -191,6 +191,11 @@ def test_onnx_exported_on_first_use_and_cached(tmp_path, monkeypatch):
 
 
 def test_console_script_entry_point():
+    """The installed `edgesam` script points at cli.main, and the module runs as a program."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "edgesam"]
+    assert ep.value == "edgesam_backend.cli:main" and ep.load() is main
     out = subprocess.run(
         [sys.executable, "-m", "edgesam_backend.cli", "--help"], capture_output=True, text=True
     )

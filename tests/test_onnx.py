@@ -53,22 +53,6 @@ def test_onnx_encoder_matches_reference(onnx_predictor, ref_inputs, ref_vectors)
     np.testing.assert_allclose(emb, ref_vectors["image_embeddings"], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("k", [1, 3, 4])
-@pytest.mark.parametrize("name", list(PROMPTS))
-def test_onnx_decoder_matches_reference(onnx_predictor, ref_vectors, name, k):
-    pred = onnx_predictor.predict(
-        **PROMPTS[name], num_multimask_outputs=k, embedding=ref_embedding(ref_vectors)
-    )
-    pre = f"{name}__k{k}__"
-    np.testing.assert_allclose(pred.low_res_logits, ref_vectors[pre + "low_res_logits"][0], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(
-        pred.iou_predictions, ref_vectors[pre + "iou_predictions"][0], rtol=0, atol=1e-4
-    )
-    np.testing.assert_allclose(
-        pred.stability_scores, ref_vectors[pre + "stability_scores"][0], rtol=0, atol=1e-4
-    )
-
-
 def test_onnx_end_to_end_from_image(onnx_predictor, ref_inputs, ref_vectors):
     emb = onnx_predictor.encode(ref_inputs["orig_image_rgb_uint8"])
     for name in PROMPTS:
