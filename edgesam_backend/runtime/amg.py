@@ -94,10 +94,10 @@ def _upscale_masks_t(
     layout, so RLE encoding needs no further copy (OpenCV's transpose of each thresholded mask is ~5x
     cheaper than numpy's transposing copy of a bool batch). Only the selected masks are touched.
 
-    One :func:`transforms.upscale_logits` call per mask, on purpose: OpenCV resizes 1-4 channels with
-    its SIMD kernels but more channels with a generic path that measured 10-30x slower here (0.9 vs
-    12-29 ms a mask at 640x428, 2 threads) and differs by up to 4e-5; the 1-channel path is also what
-    ``predict`` uses (K <= 4), so masks agree with it bit for bit.
+    One :func:`transforms.upscale_logits` call per mask, so each mask is thresholded and transposed
+    straight into its slot without a (n, H, W) float intermediate (``upscale_logits`` itself resizes
+    in groups of at most 4 channels, OpenCV's SIMD path; more channels per call measured 10-30x
+    slower).
     """
     h, w = emb.original_hw
     big_h, big_w = original_hw
