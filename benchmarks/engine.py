@@ -114,7 +114,7 @@ def main() -> None:
             "point_labels": [1, 1, 0, 1, 0],
         },
     }
-    from edgesam_backend.runtime.base import pack_prompt
+    from edgesam_backend.runtime.prompts import pack_prompt
 
     dec = {}
     for name, p in prompts.items():

@@ -136,8 +136,8 @@ def _save_png(path: Path, mask: np.ndarray) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine import EngineError, load_predictor
-    from .runtime.base import PromptError
     from .runtime.image import ImageError, load_image
+    from .runtime.prompts import PromptError
 
     if not args.point and args.box is None:
         raise CliError("give at least one --point X,Y,LABEL or a --box X0,Y0,X1,Y1")

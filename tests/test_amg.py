@@ -14,8 +14,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from edgesam_backend.runtime import transforms
-from edgesam_backend.runtime.amg import AutomaticMaskGenerator, box_iou, nms
+from edgesam_backend.runtime.amg import AutomaticMaskGenerator
 from edgesam_backend.runtime.base import BasePredictor
+from edgesam_backend.runtime.boxes import box_iou, nms
 from edgesam_backend.runtime.image import load_image
 from edgesam_backend.runtime.masks import (
     batched_mask_to_box,

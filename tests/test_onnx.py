@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from edgesam_backend.runtime.base import ImageEmbedding, PromptError, pack_prompt
+from edgesam_backend.runtime.base import ImageEmbedding
 from edgesam_backend.runtime.predictor import OnnxModelError, OnnxPredictor
+from edgesam_backend.runtime.prompts import PromptError, pack_prompt
 
 from .conftest import INPUT_HW, ORIGINAL_HW, PROMPTS, REF, requires_shared
 

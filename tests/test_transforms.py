@@ -12,9 +12,9 @@ from PIL import Image
 
 from edgesam_backend.model.upsample import Bicubic2xConvUpsample
 from edgesam_backend.runtime import transforms
-from edgesam_backend.runtime.base import PromptError, check_mask_input, pack_prompt
 from edgesam_backend.runtime.image import ImageError, load_image
 from edgesam_backend.runtime.masks import stability_score
+from edgesam_backend.runtime.prompts import PromptError, check_mask_input, pack_prompt
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from ..runtime import transforms
-from ..runtime.base import ImageEmbedding, pack_prompt
+from ..runtime.base import ImageEmbedding
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
 from ..runtime.onnx_metadata import update_metadata
+from ..runtime.prompts import pack_prompt
 from ..weights import file_sha256
 from .checkpoint import load_edge_sam
 from .edge_sam import EdgeSam

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pycocotools import mask as mask_utils
 
-from ..runtime.amg import nms
+from ..runtime.boxes import nms
 
 
 def rle_encode(mask: NDArray[np.bool_]) -> dict[str, Any]:

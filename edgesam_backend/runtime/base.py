@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import transforms
-from .masks import MASK_THRESHOLD, stability_score
-from .proposals import Proposals, box_for_point, decode_proposals
-from .tokens import select_tokens
+from .decode import Decoded, candidate_tokens, select_masks
+from .masks import MASK_THRESHOLD, STABILITY_OFFSET
+from .prompts import PromptError, check_mask_input, pack_prompt, prior_prompt
+from .proposals import Proposals, decode_proposals
+from .upscale import UPSCALE_CHUNK_BYTES, iter_upscaled
 
-#: Labels a user may give for points: 1 positive, 0 negative, -1 padding, -2 dummy (zero token).
-POINT_LABELS = (-2, -1, 0, 1)
-#: Labels of the two box corners when a box is passed to the decoder as points.
-BOX_LABELS = (2.0, 3.0)
 NUM_MASK_TOKENS = 4
 SCORE_KINDS = ("stability", "iou")
-
-
-class PromptError(ValueError):
-    """A prompt is malformed (shapes, labels, values)."""
 
 
 @dataclass(frozen=True)
@@ -78,80 +73,6 @@ class Prediction:
     def best(self, kind: str = "stability") -> int:
         """Index of the highest-scoring mask."""
         return int(np.argmax(self.scores(kind)))
-
-
-def _as_points(point_coords: ArrayLike | None, point_labels: ArrayLike | None) -> tuple[NDArray, NDArray]:
-    if point_coords is None:
-        if point_labels is not None:
-            raise PromptError("point_labels given without point_coords")
-        return np.zeros((0, 2)), np.zeros((0,))
-    coords = np.asarray(point_coords, dtype=np.float64)
-    if coords.ndim == 1 and coords.shape == (2,):
-        coords = coords[None]
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise PromptError(f"point_coords must have shape (N, 2) as (x, y), got {coords.shape}")
-    if point_labels is None:
-        raise PromptError("point_labels are required with point_coords (1 positive, 0 negative)")
-    labels = np.asarray(point_labels, dtype=np.float64).reshape(-1)
-    if labels.shape[0] != coords.shape[0]:
-        raise PromptError(f"{coords.shape[0]} points but {labels.shape[0]} labels")
-    if not np.isfinite(coords).all():
-        raise PromptError("point coordinates must be finite")
-    bad = sorted({float(v) for v in labels if v not in POINT_LABELS})
-    if bad:
-        raise PromptError(f"point labels must be in {POINT_LABELS}, got {bad}")
-    return coords, labels
-
-
-def pack_prompt(
-    point_coords: ArrayLike | None,
-    point_labels: ArrayLike | None,
-    box: ArrayLike | None,
-    original_hw: tuple[int, int],
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Build the decoder's point arrays in the model frame.
-
-    Args:
-        point_coords: ``(N, 2)`` (x, y) original-frame pixels, or ``None``.
-        point_labels: ``(N,)`` labels in :data:`POINT_LABELS`.
-        box: ``(4,)`` XYXY original-frame pixels, or ``None``.
-    Returns:
-        ``coords (1, M, 2)`` float32 model frame and ``labels (1, M)`` float32: the points, then the
-        box as two corners labelled 2/3; without a box a (0, 0) point labelled -1 is appended, as
-        SAM's prompt encoder does.
-    """
-    coords, labels = _as_points(point_coords, point_labels)
-    parts_c = [transforms.apply_coords(coords, original_hw)] if len(coords) else []
-    parts_l = [labels.astype(np.float32)] if len(coords) else []
-    if box is not None:
-        b = np.asarray(box, dtype=np.float64).reshape(-1)
-        if b.shape != (4,) or not np.isfinite(b).all():
-            raise PromptError(f"box must be 4 finite numbers x0, y0, x1, y1; got {np.asarray(box).tolist()}")
-        if b[2] < b[0] or b[3] < b[1]:
-            raise PromptError(f"box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1; got {b.tolist()}")
-        parts_c.append(transforms.apply_boxes(b, original_hw).reshape(2, 2))
-        parts_l.append(np.array(BOX_LABELS, dtype=np.float32))
-    elif not len(coords):
-        raise PromptError("a prompt needs at least one point or a box")
-    else:
-        parts_c.append(np.zeros((1, 2), dtype=np.float32))
-        parts_l.append(np.array([-1.0], dtype=np.float32))
-    c = np.concatenate(parts_c, axis=0).astype(np.float32)[None]
-    lab = np.concatenate(parts_l, axis=0).astype(np.float32)[None]
-    return c, lab
-
-
-def check_mask_input(mask_input: ArrayLike | None, batch: int = 1) -> NDArray[np.float32] | None:
-    """Validate low-res mask logits: ``(256, 256)``, ``(1, 256, 256)`` or ``(B, 1, 256, 256)``."""
-    if mask_input is None:
-        return None
-    m = np.asarray(mask_input, dtype=np.float32)
-    size = transforms.LOW_RES_SIZE
-    if m.shape[-2:] != (size, size) or m.ndim > 4 or m.size != batch * size * size:
-        raise PromptError(f"mask_input must be {size}x{size} low-res logits (one per prompt), got {m.shape}")
-    if not np.isfinite(m).all():
-        raise PromptError("mask_input must be finite")
-    return m.reshape(batch, 1, size, size)
 
 
 class BasePredictor(ABC):
@@ -241,6 +162,60 @@ class BasePredictor(ABC):
             )
         return self._decode(emb.embeddings, coords, labels, mask)
 
+    def decode(
+        self,
+        coords: NDArray[np.float32],
+        labels: NDArray[np.float32],
+        mask_input: NDArray[np.float32] | None = None,
+        embedding: ImageEmbedding | None = None,
+        *,
+        select: str = "all",
+        num_multimask_outputs: int | None = None,
+        stability_offset: float = STABILITY_OFFSET,
+    ) -> Decoded:
+        """Batched decode of B prompts (model frame, see :func:`pack_prompt`) with token selection.
+
+        ``select`` / ``num_multimask_outputs``: see :mod:`edgesam_backend.runtime.decode` ("single",
+        "stability", "iou" — best of tokens 1-3 unless ``num_multimask_outputs`` says otherwise — or
+        "all"); ``stability_offset`` other than 1.0 recomputes the stability scores before choosing.
+        Nothing is upscaled: pass the kept logits to :meth:`iter_masks` / :meth:`upscale_masks`.
+        """
+        candidate_tokens(select, num_multimask_outputs)  # reject bad arguments before decoding
+        low, iou, stab = self.predict_low_res(coords, labels, mask_input, embedding)
+        return select_masks(low, iou, stab, select, num_multimask_outputs, stability_offset)
+
+    def iter_masks(
+        self,
+        low_res: NDArray[np.float32],
+        embedding: ImageEmbedding | None = None,
+        chunk_bytes: int = UPSCALE_CHUNK_BYTES,
+    ) -> Iterator[NDArray[np.bool_]]:
+        """Chosen low-res logits ``(K, 256, 256)`` → original-frame bool masks in consecutive chunks
+        ``(k, H, W)`` of at most ``chunk_bytes`` (bit-identical to :meth:`predict`'s masks)."""
+        emb = embedding or self.embedding
+        return iter_upscaled(
+            np.asarray(low_res, dtype=np.float32), emb.input_hw, emb.original_hw, chunk_bytes
+        )
+
+    def upscale_masks(self, low_res: NDArray[np.float32], embedding: ImageEmbedding | None = None) -> NDArray:
+        """Chosen low-res logits ``(K, 256, 256)`` (K >= 1) → ``(K, H, W)`` bool masks, original frame."""
+        return np.concatenate(list(self.iter_masks(low_res, embedding)))
+
+    def _prompt(
+        self,
+        point_coords: ArrayLike | None,
+        point_labels: ArrayLike | None,
+        box: ArrayLike | None,
+        emb: ImageEmbedding,
+        granularity_prior: bool,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], bool]:
+        """Model-frame ``coords (1, M, 2)``, ``labels (1, M)`` and whether the granularity prior applied."""
+        if granularity_prior and box is None and point_coords is not None:
+            if emb.proposals is None:
+                raise PromptError("granularity_prior needs an encoder with the region proposal head")
+            return (*prior_prompt(point_coords, point_labels, emb.proposals, emb.original_hw), True)
+        return (*pack_prompt(point_coords, point_labels, box, emb.original_hw), False)
+
     def predict(
         self,
         point_coords: ArrayLike | None = None,
@@ -267,50 +242,62 @@ class BasePredictor(ABC):
                 it, two not-a-point box tokens; the result is then the single-mask token (K=1).
         """
         emb = embedding or self.embedding
-        if granularity_prior and box is None and point_coords is not None:
-            if emb.proposals is None:
-                raise PromptError("granularity_prior needs an encoder with the region proposal head")
-            coords, labels = self._prior_prompt(point_coords, point_labels, emb)
-            num_multimask_outputs = 1
-        else:
-            coords, labels = pack_prompt(point_coords, point_labels, box, emb.original_hw)
-        sl = select_tokens(num_multimask_outputs)
-        low, iou, stab = self.predict_low_res(coords, labels, mask_input, emb)
-        low, iou, stab = low[0, sl], iou[0, sl], stab[0, sl]
+        coords, labels, prior = self._prompt(point_coords, point_labels, box, emb, granularity_prior)
+        d = self.decode(
+            coords, labels, mask_input, emb, num_multimask_outputs=1 if prior else num_multimask_outputs
+        )
+        low = d.low_res_logits[0]
         logits = transforms.upscale_logits(low, emb.input_hw, emb.original_hw)
         return Prediction(
             masks=logits > MASK_THRESHOLD,
-            iou_predictions=iou.astype(np.float32),
-            stability_scores=stab.astype(np.float32),
+            iou_predictions=d.iou_predictions[0],
+            stability_scores=d.stability_scores[0],
             low_res_logits=np.ascontiguousarray(low),
             logits=logits if return_logits else None,
         )
 
-    @staticmethod
-    def _prior_prompt(
-        point_coords: ArrayLike, point_labels: ArrayLike | None, emb: ImageEmbedding
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        coords, labels = _as_points(point_coords, point_labels)
-        positives = np.flatnonzero(labels == 1)
-        if positives.size == 0:
-            return pack_prompt(coords, labels, None, emb.original_hw)
-        assert emb.proposals is not None
-        box, _ = box_for_point(emb.proposals, coords[positives[-1]])
-        if box is not None:
-            return pack_prompt(coords, labels, box, emb.original_hw)
-        c, lab = pack_prompt(coords, labels, None, emb.original_hw)  # points + padding point
-        # box-label extension: two not-a-point tokens stand in for the missing box
-        c = np.concatenate([c[:, :-1], np.zeros((1, 2, 2), np.float32)], axis=1)
-        lab = np.concatenate([lab[:, :-1], np.full((1, 2), -1.0, np.float32)], axis=1)
-        return c, lab
+    def predict_selected(
+        self,
+        point_coords: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
+        box: ArrayLike | None = None,
+        mask_input: ArrayLike | None = None,
+        *,
+        select: str = "stability",
+        num_multimask_outputs: int | None = None,
+        embedding: ImageEmbedding | None = None,
+        granularity_prior: bool = False,
+        stability_offset: float = STABILITY_OFFSET,
+    ) -> Prediction:
+        """:meth:`predict` with token selection: one prompt (original frame, as :meth:`predict`), only
+        the kept masks are upscaled. ``select="stability"`` equals ``predict(...)`` at index
+        ``best("stability")``, bit for bit; ``logits`` is never returned. With the granularity prior
+        the candidates are token 0 only (as in :meth:`predict`)."""
+        emb = embedding or self.embedding
+        coords, labels, prior = self._prompt(point_coords, point_labels, box, emb, granularity_prior)
+        if prior:
+            select, num_multimask_outputs = ("all" if select == "all" else "single"), 1
+        d = self.decode(
+            coords,
+            labels,
+            mask_input,
+            emb,
+            select=select,
+            num_multimask_outputs=num_multimask_outputs,
+            stability_offset=stability_offset,
+        )
+        low = np.ascontiguousarray(d.low_res_logits[0])
+        return Prediction(
+            masks=self.upscale_masks(low, emb),
+            iou_predictions=d.iou_predictions[0],
+            stability_scores=d.stability_scores[0],
+            low_res_logits=low,
+        )
 
 
 __all__ = [
     "BasePredictor",
+    "Decoded",
     "ImageEmbedding",
     "Prediction",
-    "PromptError",
-    "check_mask_input",
-    "pack_prompt",
-    "stability_score",
 ]

@@ -1,0 +1,346 @@
+"""The automatic mask generator: SAM's three entry points (point grid, box prompts, region proposals)
+on an EdgeSAM predictor; see :mod:`edgesam_backend.runtime.amg` for the algorithm and record format."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .. import transforms
+from ..base import ImageEmbedding
+from ..boxes import nms
+from ..decode import Decoded, candidate_tokens
+from ..prompts import BOX_LABELS
+from ..quality import BOX_NMS_THRESH, PRED_IOU_THRESH, QUALITY_SCORES, STABILITY_SCORE_THRESH
+from ..upscale import UPSCALE_CHUNK_BYTES
+from .batch import process_batch
+from .candidates import Candidates, remove_small_regions_nms
+from .params import check_boxes, check_image, check_point_grids, float_param, int_param
+from .records import OUTPUT_MODES, build_records
+from .stats import close_stats, new_stats
+
+
+class AutomaticMaskGenerator:
+    """Segment everything: SAM's automatic mask generator on an EdgeSAM predictor (see module docs).
+
+    Args:
+        predictor: a :class:`~edgesam_backend.runtime.base.BasePredictor` (``OnnxPredictor`` or
+            ``TorchPredictor``); only ``encode`` and ``decode`` are used.
+        points_per_side: grid points per image side (``points_per_side**2`` prompts on layer 0); ``None``
+            when ``point_grids`` is given (exactly one of the two).
+        points_per_batch: prompts per decoder call.
+        pred_iou_thresh: keep masks with predicted IoU ``>`` this; **only with** ``quality_score="iou"``.
+        stability_score_thresh: keep masks with stability ``>=`` this (0 disables).
+        stability_score_offset: logit offset of the stability score.
+        box_nms_thresh: box-IoU threshold of the NMS within a crop.
+        crop_n_layers: extra crop layers (layer ``i`` has ``(2**i)**2`` crops).
+        crop_nms_thresh: box-IoU threshold of the NMS across crops (smaller crops win).
+        crop_overlap_ratio: overlap of layer-1 crops as a fraction of the short image side.
+        crop_n_points_downscale_factor: points per side on layer ``i`` are divided by ``factor**i``.
+        point_grids: explicit grids, one ``(N, 2)`` array in [0, 1] (x, y) per layer.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this (pixels), then NMS.
+        output_mode: ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``.
+        quality_score: ``"stability"`` (default; EdgeSAM) or ``"iou"`` (SAM's behaviour).
+        multimask: mask tokens per point: 3 (SAM's everything mode), 4 or 1.
+    """
+
+    #: Memory budget (bytes) of one upscaling chunk: low-res survivors are upscaled this many at a time.
+    upscale_chunk_bytes: int = UPSCALE_CHUNK_BYTES
+
+    def __init__(
+        self,
+        predictor: Any,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = PRED_IOU_THRESH,
+        stability_score_thresh: float = STABILITY_SCORE_THRESH,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = BOX_NMS_THRESH,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = BOX_NMS_THRESH,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[NDArray[np.float64]] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        quality_score: str = "stability",
+        multimask: int = 3,
+    ) -> None:
+        if not (
+            callable(getattr(predictor, "encode", None)) and callable(getattr(predictor, "decode", None))
+        ):
+            raise TypeError(
+                f"predictor must be an EdgeSAM predictor with encode() and decode(), got {type(predictor)!r}"
+            )
+        self.predictor = predictor
+        self.points_per_batch = int_param("points_per_batch", points_per_batch, 1)
+        self.pred_iou_thresh = float_param("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
+        self.stability_score_thresh = float_param("stability_score_thresh", stability_score_thresh, 0.0, 1.0)
+        self.stability_score_offset = float_param(
+            "stability_score_offset", stability_score_offset, 0.0, float("inf")
+        )
+        self.box_nms_thresh = float_param("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
+        self.crop_n_layers = int_param("crop_n_layers", crop_n_layers, 0)
+        self.crop_nms_thresh = float_param("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
+        self.crop_overlap_ratio = float_param(
+            "crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, hi_open=True
+        )
+        self.crop_n_points_downscale_factor = int_param(
+            "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1
+        )
+        self.min_mask_region_area = int_param("min_mask_region_area", min_mask_region_area, 0)
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        self.output_mode = output_mode
+        if quality_score not in QUALITY_SCORES:
+            raise ValueError(f"quality_score must be one of {QUALITY_SCORES}, got {quality_score!r}")
+        self.quality_score = quality_score
+        try:
+            candidate_tokens("all", multimask)
+        except ValueError:
+            raise ValueError(
+                f"multimask (mask tokens per point) must be 1, 3 or 4, got {multimask!r}"
+            ) from None
+        self.multimask = int(multimask)
+
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError(
+                "give exactly one of points_per_side or point_grids "
+                "(pass points_per_side=None with point_grids)"
+            )
+        if points_per_side is not None:
+            self.points_per_side: int | None = int_param("points_per_side", points_per_side, 1)
+            factor = self.crop_n_points_downscale_factor
+            last = int(self.points_per_side / factor**self.crop_n_layers)
+            if last < 1:
+                raise ValueError(
+                    f"points_per_side={points_per_side} with crop_n_points_downscale_factor={factor} leaves "
+                    f"no points on crop layer {self.crop_n_layers}"
+                )
+            self.point_grids = transforms.build_all_layer_point_grids(
+                self.points_per_side, self.crop_n_layers, factor
+            )
+        else:
+            self.points_per_side = None
+            self.point_grids = check_point_grids(point_grids, self.crop_n_layers)
+        self.last_stats: dict[str, Any] = {}
+
+    # --- public API ----------------------------------------------------------------------------------
+    def generate(
+        self, image: NDArray[np.uint8] | ImageEmbedding, return_stats: bool = False
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Masks for everything in ``image`` (``(H, W, 3)`` uint8 RGB).
+
+        An :class:`ImageEmbedding` may be passed instead when ``crop_n_layers == 0`` (reuses a cached
+        encoding). Returns SAM's records (see module docs), best first; with ``return_stats`` also the
+        stats dict (the same as ``self.last_stats``).
+        """
+        t0 = time.perf_counter()
+        st = new_stats("grid", self.quality_score)
+        if isinstance(image, ImageEmbedding):
+            if self.crop_n_layers > 0:
+                raise ValueError("crop_n_layers > 0 needs the image pixels, not an ImageEmbedding")
+            original_hw = tuple(int(v) for v in image.original_hw)
+            crop_boxes, layers = [[0, 0, original_hw[1], original_hw[0]]], [0]
+            pixels = None
+        else:
+            pixels = check_image(image)
+            original_hw = (int(pixels.shape[0]), int(pixels.shape[1]))
+            crop_boxes, layers = transforms.generate_crop_boxes(
+                original_hw, self.crop_n_layers, self.crop_overlap_ratio
+            )
+        st["crops"] = len(crop_boxes)
+        parts = []
+        for crop_box, layer in zip(crop_boxes, layers, strict=True):
+            if pixels is None:
+                assert isinstance(image, ImageEmbedding)
+                emb = image
+            else:
+                x0, y0, x1, y1 = crop_box
+                emb = self._encode(pixels[y0:y1, x0:x1], st)
+            parts.append(self._process_crop(emb, crop_box, layer, original_hw, st))
+        data = Candidates.concat(parts)
+        if len(crop_boxes) > 1 and len(data):
+            cb = data.crop_boxes.astype(np.float64)
+            area = (cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])
+            data = data.take(nms(data.boxes, 1.0 / area, self.crop_nms_thresh))
+        st["after_crop_nms"] = len(data)
+        return self._finish(data, original_hw, st, t0, return_stats)
+
+    def generate_from_boxes(
+        self,
+        embedding_or_image: ImageEmbedding | NDArray[np.uint8],
+        boxes: ArrayLike,
+        scores: ArrayLike | None = None,
+        return_stats: bool = False,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Proposal-prompted mode: one mask per XYXY box ``(K, 4)`` (original pixels), box prompts in
+        decoder batches of ``points_per_batch``, single-mask token (``num_multimask_outputs=1``), then
+        the same quality filter, NMS, small-region removal and records as :meth:`generate` (at most K
+        masks). ``scores`` (``(K,)``, e.g. proposal scores) are only carried into the records."""
+        t0 = time.perf_counter()
+        st = new_stats("boxes", self.quality_score)
+        b, sc = check_boxes(boxes, scores)
+        if isinstance(embedding_or_image, ImageEmbedding):
+            emb = embedding_or_image
+        else:
+            emb = self._encode(check_image(embedding_or_image), st)
+        original_hw = tuple(int(v) for v in emb.original_hw)
+        crop_box = [0, 0, original_hw[1], original_hw[0]]
+        st["crops"] = 1
+        parts = []
+        for s in range(0, b.shape[0], self.points_per_batch):
+            chunk = b[s : s + self.points_per_batch]
+            coords = transforms.apply_boxes(chunk, original_hw).reshape(-1, 2, 2)
+            labels = np.tile(np.asarray(BOX_LABELS, dtype=np.float32), (chunk.shape[0], 1))
+            d = self._decode(coords, labels, emb, st, 1)
+            xy, index = np.full((chunk.shape[0], 2), np.nan), np.arange(s, s + chunk.shape[0])
+            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st))
+        data = self._nms_within(Candidates.concat(parts), st)
+        st["after_crop_nms"] = len(data)
+        return self._finish(data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc)
+
+    def generate_from_proposals(
+        self,
+        embedding_or_image: ImageEmbedding | NDArray[np.uint8],
+        top_k: int = 100,
+        proposal_nms_thresh: float = 0.7,
+        return_stats: bool = False,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Proposal-prompted everything mode: the region proposal module's top-``top_k`` boxes after
+        NMS (``proposal_nms_thresh``) as box prompts, see :meth:`generate_from_boxes`. Needs an encoder
+        exported with the region proposal head (``ImageEmbedding.proposals``)."""
+        emb = embedding_or_image
+        t0 = time.perf_counter()
+        encoded = not isinstance(emb, ImageEmbedding)
+        if encoded:
+            emb = self.predictor.encode(check_image(emb))
+        encode_s = time.perf_counter() - t0
+        if emb.proposals is None:
+            raise ValueError(
+                "this model has no region proposal head: export a checkpoint with rpn_head.* weights "
+                "(edgesam train-rpn), or use generate() (point grid)"
+            )
+        props = emb.proposals.top(int(top_k), proposal_nms_thresh)
+        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True)
+        st["encoder_calls"] += int(encoded)
+        st["encoder_s"] += encode_s
+        st["total_s"] = time.perf_counter() - t0  # wall time incl. encoding and proposal decoding
+        self.last_stats = st
+        return (records, st) if return_stats else records
+
+    # --- stages --------------------------------------------------------------------------------------
+    def _encode(self, pixels: NDArray[np.uint8], st: dict[str, Any]) -> ImageEmbedding:
+        t = time.perf_counter()
+        emb = self.predictor.encode(pixels)
+        st["encoder_s"] += time.perf_counter() - t
+        st["encoder_calls"] += 1
+        return emb
+
+    def _decode(
+        self,
+        coords: NDArray[np.float32],
+        labels: NDArray[np.float32],
+        emb: ImageEmbedding,
+        st: dict[str, Any],
+        multimask: int,
+    ) -> Decoded:
+        """One batched decoder call; every token of ``multimask`` kept, stability at the configured offset."""
+        t = time.perf_counter()
+        out = self.predictor.decode(
+            coords,
+            labels,
+            None,
+            emb,
+            select="all",
+            num_multimask_outputs=multimask,
+            stability_offset=self.stability_score_offset,
+        )
+        st["decoder_s"] += time.perf_counter() - t
+        st["decoder_calls"] += 1
+        st["prompts"] += int(coords.shape[0])
+        return out
+
+    def _batch(
+        self,
+        d: Decoded,
+        prompt_xy: NDArray[np.float64],
+        prompt_index: NDArray[np.int64],
+        crop_box: list[int],
+        original_hw: tuple[int, int],
+        emb: ImageEmbedding,
+        st: dict[str, Any],
+    ) -> Candidates:
+        return process_batch(
+            d,
+            prompt_xy,
+            prompt_index,
+            crop_box,
+            original_hw,
+            emb,
+            self.quality_score,
+            self.pred_iou_thresh,
+            self.stability_score_thresh,
+            self.upscale_chunk_bytes,
+            st,
+        )
+
+    def _process_crop(
+        self,
+        emb: ImageEmbedding,
+        crop_box: list[int],
+        layer: int,
+        original_hw: tuple[int, int],
+        st: dict[str, Any],
+    ) -> Candidates:
+        crop_h, crop_w = emb.original_hw
+        points = self.point_grids[layer] * np.array([crop_w, crop_h], dtype=np.float64)  # crop frame
+        offset = np.array(crop_box[:2], dtype=np.float64)
+        parts = []
+        for s in range(0, points.shape[0], self.points_per_batch):
+            pts = points[s : s + self.points_per_batch]
+            n = pts.shape[0]
+            # one positive point plus SAM's (0, 0) / -1 padding point per prompt
+            coords = np.zeros((n, 2, 2), dtype=np.float32)
+            coords[:, 0] = transforms.apply_coords(pts, (crop_h, crop_w))
+            labels = np.tile(np.array([1.0, -1.0], dtype=np.float32), (n, 1))
+            d = self._decode(coords, labels, emb, st, self.multimask)
+            parts.append(self._batch(d, pts + offset, np.arange(s, s + n), crop_box, original_hw, emb, st))
+        return self._nms_within(Candidates.concat(parts), st)
+
+    def _nms_within(self, data: Candidates, st: dict[str, Any]) -> Candidates:
+        if len(data):
+            data = data.take(nms(data.boxes, data.scores(self.quality_score), self.box_nms_thresh))
+        st["after_box_nms"] += len(data)
+        return data
+
+    def postprocess_small_regions(self, data: Candidates, min_area: int, nms_thresh: float) -> Candidates:
+        """Fill holes and remove islands smaller than ``min_area`` in every mask, then NMS preferring
+        masks that did not change (SAM's ``postprocess_small_regions``)."""
+        return remove_small_regions_nms(data, min_area, nms_thresh)
+
+    def _finish(
+        self,
+        data: Candidates,
+        original_hw: tuple[int, int],
+        st: dict[str, Any],
+        t0: float,
+        return_stats: bool,
+        box_prompts: NDArray[np.float64] | None = None,
+        box_scores: NDArray[np.float64] | None = None,
+    ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
+        if self.min_mask_region_area > 0:
+            data = self.postprocess_small_regions(
+                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        st["after_small_regions"] = len(data)
+        records = build_records(data, original_hw, self.output_mode, box_prompts, box_scores)
+        close_stats(st, time.perf_counter() - t0, len(records))
+        self.last_stats = st
+        return (records, dict(st)) if return_stats else records
+
+
+__all__ = ["AutomaticMaskGenerator"]

@@ -1,0 +1,123 @@
+"""Prompt packing: user prompts (original-frame pixels) → the decoder's point arrays (model frame).
+
+Points are ``(x, y)`` pixels of the original image; a box is XYXY pixels and goes to the decoder as two
+corner points labelled 2/3 (:data:`BOX_LABELS`); see :mod:`edgesam_backend.runtime.transforms`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import transforms
+from .proposals import Proposals, box_for_point
+
+#: Labels a user may give for points: 1 positive, 0 negative, -1 padding, -2 dummy (zero token).
+POINT_LABELS = (-2, -1, 0, 1)
+#: Labels of the two box corners when a box is passed to the decoder as points.
+BOX_LABELS = (2.0, 3.0)
+
+
+class PromptError(ValueError):
+    """A prompt is malformed (shapes, labels, values)."""
+
+
+def _as_points(point_coords: ArrayLike | None, point_labels: ArrayLike | None) -> tuple[NDArray, NDArray]:
+    if point_coords is None:
+        if point_labels is not None:
+            raise PromptError("point_labels given without point_coords")
+        return np.zeros((0, 2)), np.zeros((0,))
+    coords = np.asarray(point_coords, dtype=np.float64)
+    if coords.ndim == 1 and coords.shape == (2,):
+        coords = coords[None]
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise PromptError(f"point_coords must have shape (N, 2) as (x, y), got {coords.shape}")
+    if point_labels is None:
+        raise PromptError("point_labels are required with point_coords (1 positive, 0 negative)")
+    labels = np.asarray(point_labels, dtype=np.float64).reshape(-1)
+    if labels.shape[0] != coords.shape[0]:
+        raise PromptError(f"{coords.shape[0]} points but {labels.shape[0]} labels")
+    if not np.isfinite(coords).all():
+        raise PromptError("point coordinates must be finite")
+    bad = sorted({float(v) for v in labels if v not in POINT_LABELS})
+    if bad:
+        raise PromptError(f"point labels must be in {POINT_LABELS}, got {bad}")
+    return coords, labels
+
+
+def pack_prompt(
+    point_coords: ArrayLike | None,
+    point_labels: ArrayLike | None,
+    box: ArrayLike | None,
+    original_hw: tuple[int, int],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Build the decoder's point arrays in the model frame.
+
+    Args:
+        point_coords: ``(N, 2)`` (x, y) original-frame pixels, or ``None``.
+        point_labels: ``(N,)`` labels in :data:`POINT_LABELS`.
+        box: ``(4,)`` XYXY original-frame pixels, or ``None``.
+    Returns:
+        ``coords (1, M, 2)`` float32 model frame and ``labels (1, M)`` float32: the points, then the
+        box as two corners labelled 2/3; without a box a (0, 0) point labelled -1 is appended, as
+        SAM's prompt encoder does.
+    """
+    coords, labels = _as_points(point_coords, point_labels)
+    parts_c = [transforms.apply_coords(coords, original_hw)] if len(coords) else []
+    parts_l = [labels.astype(np.float32)] if len(coords) else []
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.shape != (4,) or not np.isfinite(b).all():
+            raise PromptError(f"box must be 4 finite numbers x0, y0, x1, y1; got {np.asarray(box).tolist()}")
+        if b[2] < b[0] or b[3] < b[1]:
+            raise PromptError(f"box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1; got {b.tolist()}")
+        parts_c.append(transforms.apply_boxes(b, original_hw).reshape(2, 2))
+        parts_l.append(np.array(BOX_LABELS, dtype=np.float32))
+    elif not len(coords):
+        raise PromptError("a prompt needs at least one point or a box")
+    else:
+        parts_c.append(np.zeros((1, 2), dtype=np.float32))
+        parts_l.append(np.array([-1.0], dtype=np.float32))
+    c = np.concatenate(parts_c, axis=0).astype(np.float32)[None]
+    lab = np.concatenate(parts_l, axis=0).astype(np.float32)[None]
+    return c, lab
+
+
+def check_mask_input(mask_input: ArrayLike | None, batch: int = 1) -> NDArray[np.float32] | None:
+    """Validate low-res mask logits: ``(256, 256)``, ``(1, 256, 256)`` or ``(B, 1, 256, 256)``."""
+    if mask_input is None:
+        return None
+    m = np.asarray(mask_input, dtype=np.float32)
+    size = transforms.LOW_RES_SIZE
+    if m.shape[-2:] != (size, size) or m.ndim > 4 or m.size != batch * size * size:
+        raise PromptError(f"mask_input must be {size}x{size} low-res logits (one per prompt), got {m.shape}")
+    if not np.isfinite(m).all():
+        raise PromptError("mask_input must be finite")
+    return m.reshape(batch, 1, size, size)
+
+
+def prior_prompt(
+    point_coords: ArrayLike,
+    point_labels: ArrayLike | None,
+    proposals: Proposals,
+    original_hw: tuple[int, int],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """EdgeSAM's granularity prior for a points-only prompt: the points plus the proposal box chosen
+    for the last positive point (:func:`~edgesam_backend.runtime.proposals.box_for_point`), or two
+    not-a-point box tokens when no proposal contains it.
+    Returns model-frame ``coords (1, M, 2)`` and ``labels (1, M)``."""
+    coords, labels = _as_points(point_coords, point_labels)
+    positives = np.flatnonzero(labels == 1)
+    if positives.size == 0:
+        return pack_prompt(coords, labels, None, original_hw)
+    box, _ = box_for_point(proposals, coords[positives[-1]])
+    if box is not None:
+        return pack_prompt(coords, labels, box, original_hw)
+    c, lab = pack_prompt(coords, labels, None, original_hw)  # points + padding point
+    # box-label extension: two not-a-point tokens stand in for the missing box
+    c = np.concatenate([c[:, :-1], np.zeros((1, 2, 2), np.float32)], axis=1)
+    lab = np.concatenate([lab[:, :-1], np.full((1, 2), -1.0, np.float32)], axis=1)
+    return c, lab
+
+
+__all__ = ["BOX_LABELS", "POINT_LABELS", "PromptError", "check_mask_input", "pack_prompt", "prior_prompt"]
