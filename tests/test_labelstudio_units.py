@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgesam_backend.labelstudio.cache import EmbeddingCache, SingleFlight, UrlIndex
+from edgesam_backend.labelstudio.cache import EmbeddingLRU, SingleFlight, UrlIndex
 from edgesam_backend.labelstudio.config import LabelConfigError, parse_label_config
 from edgesam_backend.labelstudio.context import parse_context, to_pixels
 from edgesam_backend.labelstudio.errors import BackendError
@@ -325,7 +325,7 @@ def test_settings_errors_name_the_variable(env, name) -> None:
 
 
 def test_lru_evicts_by_bytes() -> None:
-    c: EmbeddingCache[bytes] = EmbeddingCache(10, len)
+    c: EmbeddingLRU[bytes] = EmbeddingLRU(10, len)
     c.put("a", b"xxxx")
     c.put("b", b"xxxx")
     assert c.get("a") == b"xxxx"  # a is now most recent
@@ -336,7 +336,7 @@ def test_lru_evicts_by_bytes() -> None:
 
 
 def test_single_flight_computes_once() -> None:
-    c: EmbeddingCache[str] = EmbeddingCache(1000, len)
+    c: EmbeddingLRU[str] = EmbeddingLRU(1000, len)
     calls = []
     gate = threading.Event()
 

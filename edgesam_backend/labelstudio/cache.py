@@ -2,7 +2,7 @@
 
 Two levels:
 
-* :class:`EmbeddingCache` maps an image's *content* digest (sha256 of its bytes) to its
+* :class:`EmbeddingLRU` maps an image's *content* digest (sha256 of its bytes) to its
   :class:`~edgesam_backend.runtime.base.ImageEmbedding` (4 MiB each), evicting least recently used
   entries beyond ``max_bytes``;
 * :class:`UrlIndex` maps an image's *identity* (Label Studio URL / storage URI) to the digest of the
@@ -65,7 +65,7 @@ class SingleFlight(Generic[T]):
             call.done.set()
 
 
-class EmbeddingCache(Generic[T]):
+class EmbeddingLRU(Generic[T]):
     """Thread-safe LRU of ``key -> value`` bounded by the values' total ``size(value)`` in bytes."""
 
     def __init__(self, max_bytes: int, size: Callable[[T], int]) -> None:

@@ -11,6 +11,7 @@ from numpy.typing import ArrayLike, NDArray
 from pycocotools import mask as mask_utils
 
 from ..runtime.boxes import nms
+from ..runtime.quality import rle_boxes
 
 
 def rle_encode(mask: NDArray[np.bool_]) -> dict[str, Any]:
@@ -42,16 +43,6 @@ def rle_bbox(rle: dict[str, Any]) -> list[float]:
     return [float(v) for v in mask_utils.toBbox(rle)]
 
 
-def rle_boxes_xyxy(rles: list[dict[str, Any]]) -> NDArray[np.float64]:
-    """``(K, 4)`` XYXY boxes (exclusive max) of RLEs."""
-    if not rles:
-        return np.zeros((0, 4), np.float64)
-    b = np.stack([mask_utils.toBbox(r) for r in rles]).astype(np.float64)
-    b[:, 2] += b[:, 0]
-    b[:, 3] += b[:, 1]
-    return b
-
-
 def mask_nms(rles: list[dict[str, Any]], scores: ArrayLike, iou_thresh: float) -> NDArray[np.int64]:
     """Greedy NMS on mask IoU (pycocotools ``iou``): kept indices, best first; ties keep input order."""
     s = np.asarray(scores, dtype=np.float64)
@@ -73,10 +64,11 @@ def mask_nms(rles: list[dict[str, Any]], scores: ArrayLike, iou_thresh: float) -
 
 
 def box_nms(rles: list[dict[str, Any]], scores: ArrayLike, iou_thresh: float) -> NDArray[np.int64]:
-    """Greedy NMS on the masks' tight boxes (the automatic mask generator's NMS)."""
+    """Greedy NMS on the masks' tight boxes: the automatic mask generator's NMS, on boxes in its
+    convention (inclusive max, :func:`~edgesam_backend.runtime.quality.rle_boxes`)."""
     if not rles:
         return np.zeros(0, np.int64)
-    return nms(rle_boxes_xyxy(rles), np.asarray(scores, dtype=np.float64), iou_thresh)
+    return nms(rle_boxes(rles), np.asarray(scores, dtype=np.float64), iou_thresh)
 
 
 def smooth_mask(mask: NDArray[np.bool_], kernel: int) -> NDArray[np.bool_]:
@@ -120,7 +112,6 @@ __all__ = [
     "mask_polygons",
     "rle_area",
     "rle_bbox",
-    "rle_boxes_xyxy",
     "rle_decode",
     "rle_encode",
     "smooth_mask",

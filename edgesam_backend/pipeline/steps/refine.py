@@ -29,14 +29,24 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ...runtime.masks import remove_small_regions
+from ...runtime.quality import (
+    BOX_NMS_THRESH,
+    PRED_IOU_THRESH,
+    STABILITY_SCORE_THRESH,
+    cleaned_rles,
+    quality_keep,
+)
 from ..base import ImageJob, MaskSet, ModelInfo, RefineStep, StepConfig
 from ..maskops import box_nms, mask_nms, rle_decode, rle_encode, smooth_mask
 from ..types import Fraction, NonNegativeInt, PositiveInt
 from .segment import decode_prompts, upscale_to_rles
 
-#: SAM's defaults, used in grid mode for unset values.
-SAM_DEFAULTS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "box_nms_thresh": 0.7}
+#: SAM's defaults (the automatic mask generator's), used in grid mode for unset values.
+SAM_DEFAULTS = {
+    "pred_iou_thresh": PRED_IOU_THRESH,
+    "stability_score_thresh": STABILITY_SCORE_THRESH,
+    "box_nms_thresh": BOX_NMS_THRESH,
+}
 
 
 class RefineConfig(StepConfig):
@@ -109,11 +119,9 @@ class Refine(RefineStep):
         if c.smooth_kernel >= 3:
             masks = self._smooth(masks, c.smooth_kernel)
         if not done_in_amg:
-            keep = np.ones(len(masks), dtype=bool)
-            if c.stability_score_thresh:
-                keep &= masks.stability >= c.stability_score_thresh
-            if c.pred_iou_thresh and masks.quality == "iou":
-                keep &= masks.iou > c.pred_iou_thresh
+            keep = quality_keep(
+                masks.iou, masks.stability, masks.quality, c.pred_iou_thresh, c.stability_score_thresh
+            )
             if not keep.all():
                 st["filtered"] = st.get("filtered", 0) + int((~keep).sum())
                 masks = masks.take(np.flatnonzero(keep))
@@ -151,12 +159,8 @@ class Refine(RefineStep):
     @staticmethod
     def _small_regions(masks: MaskSet, min_area: int) -> MaskSet:
         rles = list(masks.rles)
-        for i, rle in enumerate(masks.rles):
-            m = rle_decode(rle)
-            m, ch1 = remove_small_regions(m, min_area, "holes")
-            m, ch2 = remove_small_regions(m, min_area, "islands")
-            if ch1 or ch2:
-                rles[i] = rle_encode(m)
+        for i, m in cleaned_rles(masks.rles, min_area):
+            rles[i] = rle_encode(m)
         out = masks.take(range(len(masks)))
         out.rles = rles
         return out

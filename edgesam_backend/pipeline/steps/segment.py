@@ -20,8 +20,8 @@ from pydantic import Field
 
 from ...runtime import transforms
 from ...runtime.amg import AutomaticMaskGenerator
-from ...runtime.base import pack_prompt
-from ...runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET, stability_score
+from ...runtime.masks import STABILITY_OFFSET
+from ...runtime.prompts import pack_prompt
 from ..base import ImageJob, MaskSet, PromptStep, RefineStep, SegmentStep, StepConfig
 from ..maskops import rle_encode
 from ..records import Prompt
@@ -54,7 +54,9 @@ def decode_prompts(
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
     """Decode ``prompts`` → chosen-token ``low_res (K, 256, 256)``, ``iou (K,)``, ``stability (K,)``.
 
-    With ``mask_input`` (``(K, 256, 256)`` logits, refinement) token 0 is used for every prompt.
+    Prompts of one shape (:meth:`Prompt.signature`) share decoder calls of at most ``batch``; the token
+    is chosen by :meth:`BasePredictor.decode` (best of tokens 1-3 by ``quality`` with multimask, else
+    token 0). With ``mask_input`` (``(K, 256, 256)`` logits, refinement) token 0 is used for every prompt.
     """
     k = len(prompts)
     size = transforms.LOW_RES_SIZE
@@ -66,6 +68,8 @@ def decode_prompts(
         groups.setdefault(p.signature(), []).append(i)
     emb = job.embedding
     for idx in groups.values():
+        multi = multimask if multimask is not None else prompts[idx[0]].box is None
+        select = quality if multi and mask_input is None else "single"
         for s in range(0, len(idx), batch):
             sel = idx[s : s + batch]
             packed = [
@@ -80,32 +84,18 @@ def decode_prompts(
             coords = np.concatenate([c for c, _ in packed], axis=0)
             labels = np.concatenate([lab for _, lab in packed], axis=0)
             mi = None if mask_input is None else mask_input[sel][:, None]
-            lo4, iou4, st4 = job.predictor.predict_low_res(coords, labels, mi, emb)
-            if offset != STABILITY_OFFSET:
-                st4 = stability_score(lo4, MASK_THRESHOLD, offset)
+            d = job.predictor.decode(coords, labels, mi, emb, select=select, stability_offset=offset)
             job.stats["decoder_calls"] = job.stats.get("decoder_calls", 0) + 1
-            for j, i in enumerate(sel):
-                multi = multimask if multimask is not None else prompts[i].box is None
-                if mask_input is not None or not multi:
-                    t = 0
-                else:
-                    q = st4[j, 1:] if quality == "stability" else iou4[j, 1:]
-                    t = 1 + int(np.argmax(q))
-                low[i] = lo4[j, t]
-                iou[i] = iou4[j, t]
-                stab[i] = st4[j, t]
+            low[sel] = d.low_res_logits[:, 0]
+            iou[sel] = d.iou_predictions[:, 0]
+            stab[sel] = d.stability_scores[:, 0]
     return low, iou, stab
 
 
 def upscale_to_rles(low: NDArray[np.float32], job: ImageJob) -> list[dict[str, Any]]:
-    """Chosen-token logits → full-resolution masks (``logits > 0``) → COCO RLEs (one mask at a time, the
-    same 1-channel upscaling as ``predict`` and the automatic mask generator)."""
-    emb = job.embedding
-    out = []
-    for i in range(low.shape[0]):
-        logits = transforms.upscale_logits(low[i : i + 1], emb.input_hw, emb.original_hw)
-        out.append(rle_encode(logits[0] > MASK_THRESHOLD))
-    return out
+    """Chosen-token logits ``(K, 256, 256)`` → full-resolution masks (the predictor's lazy, chunked
+    upscaling, bit-identical to ``predict``) → COCO RLEs."""
+    return [rle_encode(m) for chunk in job.predictor.iter_masks(low, job.embedding) for m in chunk]
 
 
 class Segment(SegmentStep):

@@ -1,0 +1,47 @@
+"""Interactive predictions: one prompt (a click, points or a box) → one mask, via the predictor's
+token-selecting decode (only the chosen mask is upscaled).
+
+Mask choice (``EDGESAM_MASK_CHOICE`` or ``extra_params.mask_choice``): ``auto`` takes the best of the
+three multimask outputs by stability score for a single point (one click is ambiguous) and the
+single-mask token 0 for a box or several points (SAM's recommendation); ``single`` always token 0;
+``stability``/``iou`` always the best of three by that score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..runtime.base import BasePredictor, ImageEmbedding
+
+
+def choose_mask(mode: str, n_points: int, has_box: bool) -> tuple[int, str | None]:
+    """``(num_multimask_outputs, score kind or None for token 0)`` for a prompt."""
+    if mode == "auto":
+        return (3, "stability") if (n_points == 1 and not has_box) else (1, None)
+    if mode == "single":
+        return 1, None
+    return 3, mode
+
+
+def predict_mask(
+    predictor: BasePredictor,
+    emb: ImageEmbedding,
+    point_coords: NDArray[np.float64] | None,
+    point_labels: NDArray[np.int64] | None,
+    box: NDArray[np.float64] | None,
+    num_multimask_outputs: int,
+    kind: str | None,
+) -> tuple[NDArray[np.bool_], float]:
+    """``(H, W)`` bool mask (original frame) that ``predictor.predict(...)`` returns at index
+    ``best(kind)`` (token 0 with ``kind=None``) and its score (stability unless ``kind="iou"``), from
+    :meth:`BasePredictor.predict_selected`: only that mask is upscaled."""
+    pred = predictor.predict_selected(
+        point_coords,
+        point_labels,
+        box,
+        select=kind or "single",
+        num_multimask_outputs=num_multimask_outputs,
+        embedding=emb,
+    )
+    return pred.masks[0], float(pred.scores(kind or "stability")[0])
