@@ -93,8 +93,16 @@ def _image_to_token(
     bias = (attn.q_proj.bias.reshape(_HEADS, 1, d) @ kh.transpose(2, 3)).reshape(b, 1, _HEADS * t)
     s = (kp @ m + bias) / d**0.5  # (B, I, 8T)
     p = torch.softmax(s.reshape(b, -1, _HEADS, t), dim=-1).reshape(b, -1, _HEADS * t)
+    return p @ _folded_values(attn, v_tok)  # (B, I, 256)
+
+
+def _folded_values(attn: Attention, v_tok: torch.Tensor) -> torch.Tensor:
+    """Token values with the output projection folded in: ``(B, 8T, 256)``, row ``(h, t)`` is
+    ``v_h[t] W_o,hᵀ + b_o / 8`` (each head's softmax weights sum to 1, so the bias comes out whole)."""
+    b, t, _ = v_tok.shape
+    d = attn.internal_dim // _HEADS
     vw = _heads(attn.v_proj(v_tok)) @ attn.out_proj.weight.reshape(-1, _HEADS, d).permute(1, 2, 0)
-    return p @ vw.reshape(b, _HEADS * t, -1) + attn.out_proj.bias  # (B, I, 256)
+    return vw.reshape(b, _HEADS * t, -1) + attn.out_proj.bias / _HEADS
 
 
 def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -165,10 +173,10 @@ class FastDecoderOnnxModel(nn.Module):
         qcorr = has[..., None] * (h[:, None] @ wq3.transpose(1, 2))  # (B, 8, I, d)
         s = (q0 + cq + qcorr) @ kh.transpose(2, 3)  # (B, 8, I, T)
         p = torch.softmax(s / d**0.5, dim=-1).transpose(1, 2).reshape(b, -1, _HEADS * t)  # (B, I, 8T)
-        vw = _heads(a.v_proj(queries)) @ a.out_proj.weight.reshape(-1, _HEADS, d).permute(1, 2, 0)
-        out = p @ vw.reshape(b, _HEADS * t, -1) + a.out_proj.bias  # (B, I, 256)
-        keys = e + base + has * (h @ w3.t()) + out
-        return queries, _ln(keys, blk.norm4)
+        # x_b + out in one product: [p | has·h | has] @ [values ; W3ᵀ ; b3 - nm] + (e + nm)
+        lhs = torch.cat([p, has * h, has.expand(-1, p.shape[1], -1)], dim=-1)  # (B, I, 8T + 17)
+        rhs = torch.cat([_folded_values(a, queries), w3.t().expand(b, -1, -1), (b3 - nm).expand(b, -1, -1)], 1)
+        return queries, _ln(lhs @ rhs + (e + nm), blk.norm4)
 
     def _block(
         self, blk: TwoWayAttentionBlock, queries: torch.Tensor, keys: torch.Tensor, tok: torch.Tensor
@@ -191,15 +199,19 @@ class FastDecoderOnnxModel(nn.Module):
         ct1, ln, ct2 = up[0], up[1], up[3]
         b = keys.shape[0]
         w1 = ct1.weight.permute(0, 2, 3, 1).reshape(ct1.in_channels, -1)  # (256, 4·64): (a, c, o)
-        u = (keys @ w1).reshape(b, -1, 4, ct1.out_channels) + ct1.bias  # (B, I, 4, 64)
-        u = F.gelu(F.layer_norm(u, (ct1.out_channels,), ln.weight, ln.bias, ln.eps))
+        b1 = ct1.bias.repeat(4)  # 2-D products with the bias fused (Gemm)
+        u = torch.addmm(b1, keys.reshape(-1, ct1.in_channels), w1).reshape(-1, ct1.out_channels)
+        u = F.gelu(F.layer_norm(u, (ct1.out_channels,), ln.weight, ln.bias, ln.eps))  # (B·I·4, 64)
         w2 = ct2.weight.permute(0, 2, 3, 1).reshape(ct2.in_channels, -1)  # (64, 4·32)
-        g = F.gelu((u @ w2).reshape(b, -1, 4, ct2.out_channels) + ct2.bias)  # (B, I·4, 4, 32)
+        g = F.gelu(torch.addmm(ct2.bias.repeat(4), u, w2))  # (B·I·4, 4·32)
         m = g.reshape(b, -1, ct2.out_channels) @ hyper.transpose(1, 2)  # (B, I·16, 4)
-        side = int(round(keys.shape[1] ** 0.5))
-        m = m.reshape(b, side, side, 2, 2, 2, 2, -1)  # (B, i, j, a, c, a2, c2, k)
-        m = m.permute(0, 7, 1, 3, 5, 2, 4, 6)  # (B, k, i, a, a2, j, c, c2)
-        return m.reshape(b, -1, 4 * side, 4 * side)
+        gh, gw = self.prompt_encoder.image_embedding_size
+        k = hyper.shape[1]
+        # (B, i, j, a, c, a2, c2, k) → (B, k, i, a, a2, j, c, c2) in low-rank steps (onnxruntime's
+        # general N-d transpose is slow): move k first, pair the sub-pixel offsets, then rows/cols
+        m = m.transpose(1, 2).reshape(b * k * gh * gw, 2, 2, 2, 2).permute(0, 1, 3, 2, 4)
+        m = m.reshape(b * k * gh, gw, 4, 4).transpose(1, 2)
+        return m.reshape(b, k, 4 * gh, 4 * gw)
 
     def forward(
         self,
