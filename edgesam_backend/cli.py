@@ -91,6 +91,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     p.add_argument(
+        "--plain-decoder",
+        action="store_true",
+        help="export the plain decoder graph (same inputs and outputs as the default fast one, slower)",
+    )
+    p.add_argument(
         "--int8",
         action="store_true",
         help="also write encoder.int8.onnx (static per-channel QDQ) and report its agreement with fp32",
@@ -205,7 +210,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         ckpt = weights.checkpoint_path(args.checkpoint)
         res = export_onnx(
-            ckpt, args.out, opset=args.opset, upsample_mode=args.upsample, validate=not args.no_validate
+            ckpt,
+            args.out,
+            opset=args.opset,
+            upsample_mode=args.upsample,
+            validate=not args.no_validate,
+            fast_decoder=not args.plain_decoder,
         )
     except (CheckpointError, ExportError, weights.WeightsError) as exc:
         raise CliError(str(exc)) from None

@@ -10,7 +10,9 @@ Decoder ``decoder.onnx`` (B prompts and N points are dynamic)
     inputs ``image_embeddings (1, 256, 64, 64)``, ``point_coords (B, N, 2)`` (x, y) model frame,
     ``point_labels (B, N)`` (-2, -1, 0, 1, 2/3 = box corners), ``mask_input (B, 1, 256, 256)``,
     ``has_mask_input (B,)``; outputs ``low_res_logits (B, 4, 256, 256)``, ``iou_predictions (B, 4)``,
-    ``stability_scores (B, 4)`` for all four mask tokens.
+    ``stability_scores (B, 4)`` for all four mask tokens. By default the reassociated decoder of
+    :mod:`.fast_decoder` (same function, about half the work per prompt); ``fast_decoder=False``
+    writes the plain graph of :class:`DecoderOnnxModel`.
 
 Every export validates itself against PyTorch with onnxruntime (max abs diff ≤ ``tolerance``).
 """
@@ -36,6 +38,7 @@ from ..runtime.prompts import pack_prompt
 from ..weights import file_sha256
 from .checkpoint import load_edge_sam
 from .edge_sam import EdgeSam
+from .fast_decoder import FastDecoderOnnxModel
 from .repvit import Conv2d_BN, RepVGGDW, RepViT
 from .upsample import Bicubic2xConvUpsample, UpSampleLayer
 
@@ -151,9 +154,11 @@ def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, repar
         )
 
 
-def export_decoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """Write the decoder ONNX (see module docstring)."""
-    wrapper = DecoderOnnxModel(model).eval()
+def export_decoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, fast: bool = True) -> None:
+    """Write the decoder ONNX (see module docstring); ``fast``: the reassociated graph."""
+    wrapper = (
+        FastDecoderOnnxModel(model.prompt_encoder, model.mask_decoder) if fast else DecoderOnnxModel(model)
+    ).eval()
     g = torch.Generator().manual_seed(0)
     b, n = 2, 3
     dummy = (
@@ -261,11 +266,13 @@ def export_onnx(
     upsample_mode: str = "bicubic",
     validate: bool = True,
     tolerance: float = 1e-4,
+    fast_decoder: bool = True,
 ) -> ExportResult:
     """Export ``out_dir/encoder.onnx`` and ``out_dir/decoder.onnx`` from a checkpoint (or model).
 
     Files are written to a temporary directory inside ``out_dir``, validated, then moved into place,
-    so a failed or interrupted export never leaves half-written models behind.
+    so a failed or interrupted export never leaves half-written models behind. ``fast_decoder=False``
+    writes the plain (pre-reassociation) decoder graph; both have the same inputs and outputs.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,12 +286,13 @@ def export_onnx(
         "edgesam.upsample_mode": model.image_encoder.upsample_mode,
         "edgesam.checkpoint_sha256": ckpt_sha,
     }
+    dec_meta = {"edgesam.decoder_graph": "fast" if fast_decoder else "plain"}
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         enc_tmp, dec_tmp = Path(tmp) / "encoder.onnx", Path(tmp) / "decoder.onnx"
         export_encoder(model, enc_tmp, opset)
-        export_decoder(model, dec_tmp, opset)
+        export_decoder(model, dec_tmp, opset, fast=fast_decoder)
         update_metadata(enc_tmp, {**meta, "edgesam.role": "encoder"})
-        update_metadata(dec_tmp, {**meta, "edgesam.role": "decoder"})
+        update_metadata(dec_tmp, {**meta, **dec_meta, "edgesam.role": "decoder"})
         enc_diff, dec_diff = (
             validate_export(model, enc_tmp, dec_tmp, tolerance) if validate else (float("nan"), {})
         )

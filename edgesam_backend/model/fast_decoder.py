@@ -153,9 +153,9 @@ class FastDecoderOnnxModel(nn.Module):
         v0 = _heads(e @ a.v_proj.weight.t())  # (1, 8, I, d)
         wk3 = _w_heads(a.k_proj) @ w3  # (8, d, 16)
         wv3 = _w_heads(a.v_proj) @ w3  # (8, d, 16)
-        s = qh @ k0.transpose(2, 3) + has[..., None] * ((qh @ wk3).reshape(b, -1, 16) @ h.transpose(1, 2)).reshape(
-            b, _HEADS, t, -1
-        )
+        s = qh @ k0.transpose(2, 3) + has[..., None] * (
+            (qh @ wk3).reshape(b, -1, 16) @ h.transpose(1, 2)
+        ).reshape(b, _HEADS, t, -1)
         p = torch.softmax(s / d**0.5, dim=-1)  # (B, 8, T, I)
         ph = (p.reshape(b, _HEADS * t, -1) @ h).reshape(b, _HEADS, t, 16)
         out = p @ v0 + has[..., None] * (ph @ wv3.transpose(1, 2))  # (B, 8, T, d)
@@ -175,7 +175,9 @@ class FastDecoderOnnxModel(nn.Module):
         p = torch.softmax(s / d**0.5, dim=-1).transpose(1, 2).reshape(b, -1, _HEADS * t)  # (B, I, 8T)
         # x_b + out in one product: [p | has·h | has] @ [values ; W3ᵀ ; b3 - nm] + (e + nm)
         lhs = torch.cat([p, has * h, has.expand(-1, p.shape[1], -1)], dim=-1)  # (B, I, 8T + 17)
-        rhs = torch.cat([_folded_values(a, queries), w3.t().expand(b, -1, -1), (b3 - nm).expand(b, -1, -1)], 1)
+        rhs = torch.cat(
+            [_folded_values(a, queries), w3.t().expand(b, -1, -1), (b3 - nm).expand(b, -1, -1)], 1
+        )
         return queries, _ln(lhs @ rhs + (e + nm), blk.norm4)
 
     def _block(
@@ -185,9 +187,13 @@ class FastDecoderOnnxModel(nn.Module):
         q = queries + tok
         queries = _ln(queries + _token_attention(blk.self_attn, q, q, queries), blk.norm1)
         kp = keys + self.dense_pe
-        queries = _ln(queries + _token_to_image(blk.cross_attn_token_to_image, queries + tok, kp, keys), blk.norm2)
+        queries = _ln(
+            queries + _token_to_image(blk.cross_attn_token_to_image, queries + tok, kp, keys), blk.norm2
+        )
         queries = _ln(queries + blk.mlp(queries), blk.norm3)
-        keys = _ln(keys + _image_to_token(blk.cross_attn_image_to_token, kp, queries + tok, queries), blk.norm4)
+        keys = _ln(
+            keys + _image_to_token(blk.cross_attn_image_to_token, kp, queries + tok, queries), blk.norm4
+        )
         return queries, keys
 
     def _upscale_masks(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
@@ -238,11 +244,14 @@ class FastDecoderOnnxModel(nn.Module):
             queries, keys = self._block(blk, queries, keys, tok)
         fa = md.transformer.final_attn_token_to_image
         queries = _ln(
-            queries + _token_to_image(fa, queries + tok, keys + self.dense_pe, keys), md.transformer.norm_final_attn
+            queries + _token_to_image(fa, queries + tok, keys + self.dense_pe, keys),
+            md.transformer.norm_final_attn,
         )
 
         mask_tokens = queries[:, 1 : 1 + md.num_mask_tokens]
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1
+        )
         low = self._upscale_masks(keys, hyper)
         iou = md.iou_prediction_head(queries[:, 0])
         inter = (low > MASK_THRESHOLD + STABILITY_OFFSET).to(torch.float32).sum((-1, -2))
