@@ -102,12 +102,18 @@ def flops(model, fast: bool) -> tuple[float, float]:
 
 
 def child_rss(path: Path, b: int, threads: int) -> None:
-    """Child-process mode: one warm-up and one call at batch b, print peak RSS in MB."""
+    """Child-process mode: one warm-up and one call at batch b, print peak RSS in MB.
+
+    Read from ``VmHWM`` (this process's own memory map): ``ru_maxrss`` would carry the forking
+    parent's high-water mark across ``fork``/``exec``.
+    """
     s = session(path, threads)
     f = feed(b)
     s.run(None, f)
     s.run(None, f)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    status = Path("/proc/self/status").read_text()
+    hwm = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    print(int(hwm) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:
