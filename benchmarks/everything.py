@@ -13,7 +13,10 @@ threads): time, encoder vs decoder vs post-processing split, decoder calls and p
   boxes (centres uniform, sides 5-60 % of the image side).
 
 Usage: python benchmarks/everything.py [--images N | --names 1.jpeg truck.jpg] [--threads 2] [--onnx-dir DIR]
-       [--boxes 100] [--worst-case-images 1]
+       [--boxes 100] [--worst-case-images 1] [--decoder-repeats 3]
+
+The decoder export is the reassociated (fast) one; ``decoder_per_prompt`` is benchmarks/decoder.py run
+in a child (plain vs fast decoder per prompt at B = 1/16/64, floor, peak RSS).
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ def row(name: str, hw: tuple[int, int], st: dict) -> dict:
     return r
 
 
+def _decoder_bench(args: argparse.Namespace) -> dict:
+    """benchmarks/decoder.py in a child process: the plain vs the fast (default) decoder export."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).with_name("decoder.py")), "--checkpoint", str(args.checkpoint)]
+    cmd += ["--threads", str(args.threads), "--repeats", str(args.decoder_repeats)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
@@ -84,6 +96,12 @@ def main() -> None:
         "whose objectness bias is raised so that it proposes boxes; timing does not depend on quality)",
     )
     ap.add_argument("--worst-case-images", type=int, default=1)
+    ap.add_argument(
+        "--decoder-repeats",
+        type=int,
+        default=3,
+        help="repeats of benchmarks/decoder.py (plain vs fast decoder per prompt at B=1/16/64); 0 skips it",
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -201,6 +219,7 @@ def main() -> None:
             "rpn_share": round((rpn_med - enc_med) / enc_med, 3),
         },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "decoder_per_prompt": _decoder_bench(args) if args.decoder_repeats > 0 else None,
         "versions": {
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
