@@ -162,3 +162,11 @@ def test_plain_and_fast_exports_share_the_io_contract(ref_vectors, exported):
         for k in exported
     ]
     np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=0, atol=1e-4)
+
+
+def test_default_export_writes_the_fast_decoder(onnx_dir):
+    """``export_onnx`` (validated against PyTorch) writes the fast graph by default and says so."""
+    m = onnx.load(str(onnx_dir / "decoder.onnx"))
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["edgesam.decoder_graph"] == "fast"
+    assert "ConvTranspose" not in {n.op_type for n in m.graph.node}  # upscaling as matrix products
