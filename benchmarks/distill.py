@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from edgesam_backend.training.data import DistillDataset
-from edgesam_backend.training.distill import Phase2Stats, phase1_loss, phase2_loss
 from edgesam_backend.training.distill_config import DataConfig, Phase2Config
+from edgesam_backend.training.losses import embedding_loss
 from edgesam_backend.training.models import build_student, build_teacher
+from edgesam_backend.training.phase2 import Phase2Stats, phase2_loss
 from edgesam_backend.training.schedule import make_optimizer
 from edgesam_backend.training.synthetic import write_coco_dataset
 
@@ -63,7 +64,7 @@ def bench(size: int, steps: int, warmup: int, data: Path) -> dict:
             t1 = time.perf_counter()
             emb_s = student.image_encoder(x)
             if phase == 1:
-                loss = phase1_loss(emb_s, emb_t, items, size)
+                loss = embedding_loss(emb_s, emb_t, [it.input_hw for it in items], size)
             else:
                 st = Phase2Stats()
                 loss = phase2_loss(

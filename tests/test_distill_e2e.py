@@ -20,7 +20,7 @@ from edgesam_backend.cli import main
 from edgesam_backend.model.checkpoint import CheckpointError, check_state_dict, load_edge_sam
 from edgesam_backend.training.cache import CacheError, EmbeddingCache, build_cache, cache_meta
 from edgesam_backend.training.data import DistillDataset
-from edgesam_backend.training.distill import FINAL_NAME, Phase2Stats, distill, phase2_loss
+from edgesam_backend.training.distill import FINAL_NAME, distill
 from edgesam_backend.training.distill_config import (
     DataConfig,
     Phase1Config,
@@ -29,6 +29,7 @@ from edgesam_backend.training.distill_config import (
     schemas,
 )
 from edgesam_backend.training.models import build_student, build_teacher
+from edgesam_backend.training.phase2 import Phase2Stats, phase2_loss
 from edgesam_backend.training.synthetic import write_coco_dataset
 from edgesam_backend.yamlconfig import ConfigError, load_yaml_model
 
@@ -409,7 +410,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
 
 
 def test_encoder_init_from_bare_repvit_or_edgesam_weights(tmp_path):
-    from edgesam_backend.training.distill import load_encoder_weights
+    from edgesam_backend.training.models import load_encoder_weights
 
     torch.manual_seed(3)
     src = build_student(SIZE)

@@ -33,6 +33,7 @@ from ..fileio import atomic_write_text
 from ..runtime import transforms
 from .data import DistillDataset, decode_mask
 from .distill_config import EvalConfig, EvalModelConfig
+from .loop import num_threads
 from .models import build_student, build_teacher, load_student_weights
 from .prompts import center_point, sample_disagreement_points
 
@@ -160,8 +161,6 @@ def _run_prompts(
 
 def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Evaluate every model of ``cfg`` on the same instances and prompts; writes and returns the report."""
-    from .distill import num_threads
-
     with num_threads(cfg.threads):
         return _evaluate(cfg, log)
 

@@ -8,7 +8,7 @@ the 1024-px recipe (embedding S/16, low-res masks 4x the embedding).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -129,3 +129,24 @@ def load_student_weights(
             f"shape mismatches {wrong[:5]}"
         )
     model.load_state_dict(sd, strict=True)
+
+
+def load_encoder_weights(
+    student: EdgeSam, path: str | os.PathLike[str], strict: bool, log: Callable[[str], Any] = print
+) -> None:
+    """Student encoder weights from an EdgeSAM state_dict / training checkpoint (``image_encoder.*``)
+    or a bare RepViT one (``features.*``, e.g. ImageNet weights; ``strict=False`` skips the rest)."""
+    sd = read_checkpoint_file(path)
+    enc = {k[len("image_encoder.") :]: v for k, v in sd.items() if k.startswith("image_encoder.")}
+    if not enc:
+        enc = dict(sd)
+    own = student.image_encoder.state_dict()
+    fit = {k: v for k, v in enc.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    missing = [k for k in own if k not in fit]
+    if strict and (missing or len(fit) != len(enc)):
+        raise CheckpointError(
+            f"{path}: encoder weights do not fit the student ({len(missing)} missing, "
+            f"{len(enc) - len(fit)} unexpected or of another shape, e.g. {(missing or list(enc))[:3]})"
+        )
+    student.image_encoder.load_state_dict(fit, strict=False)
+    log(f"loaded {len(fit)}/{len(own)} encoder tensors from {path}")

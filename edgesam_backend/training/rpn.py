@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch.nn import functional as F
 
-from ..fileio import atomic_open, atomic_write_text
+from ..fileio import atomic_write_text
 from ..model.checkpoint import load_edge_sam
-from ..model.edge_sam import EdgeSam
+from ..model.edge_sam import EdgeSam, build_edge_sam
 from ..runtime import transforms
 from ..runtime.boxes import box_iou, nms
 from ..runtime.image import load_image
 from ..runtime.proposals import decode_proposals, location_points
+from .loop import DistEnv, LoopSettings, atomic_save, num_threads, run_loop
+from .losses import giou_loss, sigmoid_focal
 
 #: Box-size ranges (max side, model-frame pixels) assigned to P3..P6.
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
@@ -133,34 +133,6 @@ def assign_targets(
     return labels, targets
 
 
-def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """GIoU loss of ltrb distance pairs ``(P, 4)`` sharing the same anchor point; mean over P."""
-    pl, pt, pr, pb = pred.unbind(-1)
-    tl, tt, tr, tb = target.unbind(-1)
-    pa = (pl + pr) * (pt + pb)
-    ta = (tl + tr) * (tt + tb)
-    iw = torch.minimum(pl, tl) + torch.minimum(pr, tr)
-    ih = torch.minimum(pt, tt) + torch.minimum(pb, tb)
-    inter = iw.clamp(min=0) * ih.clamp(min=0)
-    union = pa + ta - inter
-    iou = inter / union.clamp(min=1e-6)
-    enclose = (torch.maximum(pl, tl) + torch.maximum(pr, tr)) * (
-        torch.maximum(pt, tt) + torch.maximum(pb, tb)
-    )
-    giou = iou - (enclose - union) / enclose.clamp(min=1e-6)
-    return (1 - giou).mean()
-
-
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
-    """Sigmoid focal loss summed over all elements."""
-    t = labels.to(logits.dtype)
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    pt = p * t + (1 - p) * (1 - t)
-    a = alpha * t + (1 - alpha) * (1 - t)
-    return (a * (1 - pt) ** gamma * ce).sum()
-
-
 def rpn_loss(
     model: EdgeSam, x: torch.Tensor, gts: list[torch.Tensor], cfg: RpnTrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -177,7 +149,7 @@ def rpn_loss(
     lab = torch.stack(labels)
     tgt = torch.stack(targets)
     num_pos = max(1.0, float(lab.sum()))
-    cls = focal_loss(logits, lab, cfg.focal_alpha, cfg.focal_gamma) / num_pos
+    cls = sigmoid_focal(logits, lab, cfg.focal_alpha, cfg.focal_gamma).sum() / num_pos
     box = giou_loss(ltrb[lab], tgt[lab]) if lab.any() else ltrb.sum() * 0.0
     loss = cls + cfg.box_loss_weight * box
     return loss, {"loss": loss.item(), "cls": cls.item(), "box": box.item(), "pos": num_pos}
@@ -237,22 +209,18 @@ def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[i
         step += 1
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    with atomic_open(path) as f:
-        torch.save(obj, f)
-
-
 def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
     """Train (or resume) the region proposal head; returns the final metrics dict."""
+    with num_threads(cfg.threads):
+        return _train_rpn(cfg, log)
+
+
+def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_edge_sam(cfg.checkpoint, with_rpn=True) if cfg.checkpoint else None
     if model is None:
-        from ..model.edge_sam import build_edge_sam
-
         model = build_edge_sam(with_rpn=True)
     assert model.rpn_head is not None
     train = CocoBoxes(cfg.train_images, cfg.train_annotations, cfg.input_size)
@@ -272,67 +240,45 @@ def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
         groups.append({"params": enc, "lr_scale": (cfg.encoder_lr or cfg.lr) / cfg.lr})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start = 0
-    last = out / "last.pth"
-    if cfg.resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        log(f"resumed from {last} at step {start}")
-    history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
-    step = start
-    for step, idx in _batches(len(train), cfg.batch_size, cfg.seed, start):
-        if step >= cfg.max_steps:
-            break
+    def batches(start: int) -> Iterator[list[int]]:
+        for _, idx in _batches(len(train), cfg.batch_size, cfg.seed, start):
+            yield idx
+
+    def step_fn(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        assert model.rpn_head is not None
         model.rpn_head.train()
         model.image_encoder.train(not cfg.freeze_encoder)
         items = [train.load(i) for i in idx]
         x = torch.from_numpy(np.stack([it[0] for it in items]))
         gts = [torch.from_numpy(it[1]) for it in items]
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
         loss, stats = rpn_loss(model, x, gts, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-        opt.step()
-        history.append({"step": step, "lr": lr, **stats})
-        if cfg.log_every and (step + 1) % cfg.log_every == 0:
-            log(
-                f"step {step + 1}/{cfg.max_steps} loss {stats['loss']:.4f} cls {stats['cls']:.4f} "
-                f"box {stats['box']:.4f} lr {lr:.2e} ({time.perf_counter() - t0:.0f}s)"
-            )
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": step + 1,
-                    "config": cfg.model_dump(mode="json"),
-                },
-                last,
-            )
-        if val is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            log(json.dumps({"step": step + 1, **evaluate_recall(model, val, cfg.eval_max_images)}))
-    final_step = max(step, start) if history else start
-    _atomic_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": final_step,
-            "config": cfg.model_dump(mode="json"),
-        },
-        last,
+        return loss, {k: round(v, 6) for k, v in stats.items() if k != "loss"}
+
+    settings = LoopSettings(
+        output_dir=out,
+        max_steps=cfg.max_steps,
+        clip_grad=cfg.grad_clip,
+        checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every,
+        val_every=cfg.eval_every if val is not None else 0,
+        resume=cfg.resume,
+        name="rpn",
+        config=cfg.model_dump(mode="json"),
     )
-    _atomic_save(model.state_dict(), out / "edge_sam_rpn.pth")  # plain state_dict: loads in the engine
-    metrics: dict[str, Any] = {"steps": final_step, "seconds": round(time.perf_counter() - t0, 1)}
-    if history:
-        k = max(1, len(history) // 10)
-        metrics["loss_first"] = float(np.mean([h["loss"] for h in history[:k]]))
-        metrics["loss_last"] = float(np.mean([h["loss"] for h in history[-k:]]))
+    res = run_loop(
+        settings=settings,
+        env=DistEnv(),
+        model=model,
+        optimizer=opt,
+        schedule=lambda step: lr_at(step, cfg),
+        batches=batches,
+        step_fn=step_fn,
+        validate=(lambda _s: evaluate_recall(model, val, cfg.eval_max_images)) if val is not None else None,
+        log=log,
+    )
+    atomic_save(model.state_dict(), out / "edge_sam_rpn.pth")  # plain state_dict: loads in the engine
+    metrics: dict[str, Any] = {"steps": res.step, "seconds": round(res.seconds, 1)}
+    metrics.update(res.loss_summary(parts=10))
     if val is not None:
         metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
