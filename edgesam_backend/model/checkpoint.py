@@ -5,6 +5,12 @@ as ``{"model": state_dict}`` / ``{"state_dict": state_dict}`` (training checkpoi
 a ``module.`` prefix (DistributedDataParallel). Keys under :data:`OPTIONAL_PREFIXES` (extra heads such
 as the region proposal module) may be present or absent. Anything else missing, unexpected or of
 the wrong shape raises :class:`CheckpointError` naming the keys; nothing is loaded silently.
+
+**Input size** (:data:`IMAGE_SIZE_KEY`): a checkpoint written by training (``edgesam finetune``) is
+``{"model": state_dict, "image_size": S}``: ``S`` is the square input side the weights were trained
+at (a plain int next to the state_dict). A bare state_dict, like the official files, means 1024.
+:func:`checkpoint_image_size` reads it; ``load_edge_sam(..., image_size=None)`` builds the model for
+it (the default stays 1024 because the runtime transforms are 1024-only for now).
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..runtime.transforms import IMAGE_SIZE
 from .edge_sam import EdgeSam, build_edge_sam
 
 #: Prefixes of optional, non-official submodules (the region proposal head).
 OPTIONAL_PREFIXES: tuple[str, ...] = ("rpn_head.",)
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+#: Metadata entry next to the state_dict: the training input side (int; absent means 1024).
+IMAGE_SIZE_KEY = "image_size"
 
 
 class CheckpointError(ValueError):
@@ -52,6 +61,22 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
+
+
+def checkpoint_image_size(obj: Any) -> int:
+    """The input side a loaded checkpoint object was trained at: its :data:`IMAGE_SIZE_KEY` entry,
+    else 1024 (a bare or official state_dict). Raises :class:`CheckpointError` on an invalid value."""
+    size = obj.get(IMAGE_SIZE_KEY) if isinstance(obj, Mapping) else None
+    if size is None or isinstance(size, torch.Tensor):  # a tensor is a state_dict entry, not metadata
+        return IMAGE_SIZE
+    if not isinstance(size, int) or isinstance(size, bool) or size < 64 or size % 16:
+        raise CheckpointError(f"checkpoint {IMAGE_SIZE_KEY} must be a multiple of 16 >= 64, got {size!r}")
+    return size
+
+
+def with_metadata(sd: Mapping[str, torch.Tensor], image_size: int) -> dict[str, Any]:
+    """The object to save for a trained model: ``{"model": sd, "image_size": image_size}``."""
+    return {"model": dict(sd), IMAGE_SIZE_KEY: int(image_size)}
 
 
 def _fmt(keys: list[str], limit: int = 10) -> str:
@@ -98,6 +123,13 @@ def read_checkpoint_file(
 ) -> dict[str, torch.Tensor]:
     """``torch.load`` (weights only, CPU) + unwrap; no layout check. Errors name the file
     (``what`` and ``hint`` tailor the not-found message)."""
+    return read_checkpoint(path, what, hint)[0]
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], what: str = "checkpoint", hint: str = ""
+) -> tuple[dict[str, torch.Tensor], int]:
+    """:func:`read_checkpoint_file` and the file's training input side (:func:`checkpoint_image_size`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} file not found: {path}{hint}")
@@ -106,19 +138,23 @@ def read_checkpoint_file(
     except Exception as exc:  # torch raises many types for corrupt files
         raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
     try:
-        return unwrap_state_dict(obj)
+        return unwrap_state_dict(obj), checkpoint_image_size(obj)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """:func:`read_checkpoint_file` + validation against EdgeSAM's official layout."""
-    sd = read_checkpoint_file(path)
+    return _load_checked(path)[0]
+
+
+def _load_checked(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], int]:
+    sd, size = read_checkpoint(path)
     try:
         check_state_dict(sd)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return sd
+    return sd, size
 
 
 def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
@@ -155,21 +191,23 @@ def load_edge_sam(
     checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None,
     upsample_mode: str = "bicubic",
     with_rpn: bool | None = None,
+    image_size: int | None = IMAGE_SIZE,
 ) -> EdgeSam:
     """Build EdgeSAM and load ``checkpoint`` (a path, a loaded object, or ``None`` for random init).
 
     ``with_rpn=None`` builds the region proposal head exactly when the checkpoint has ``rpn_head.*``
-    weights; ``True`` builds it regardless (untrained if the checkpoint lacks it).
+    weights; ``True`` builds it regardless (untrained if the checkpoint lacks it). ``image_size``:
+    the input frame to build for; ``None`` uses the checkpoint's own (:data:`IMAGE_SIZE_KEY`, 1024
+    when absent).
     """
     if checkpoint is None:
-        return build_edge_sam(upsample_mode=upsample_mode, with_rpn=bool(with_rpn))
-    sd = (
-        check_checkpoint_obj(checkpoint)
-        if isinstance(checkpoint, Mapping)
-        else load_state_dict_file(checkpoint)
-    )
+        return build_edge_sam(upsample_mode, bool(with_rpn), image_size or IMAGE_SIZE)
+    if isinstance(checkpoint, Mapping):
+        sd, trained = check_checkpoint_obj(checkpoint), checkpoint_image_size(checkpoint)
+    else:
+        sd, trained = _load_checked(checkpoint)
     if with_rpn is None:
         with_rpn = any(k.startswith("rpn_head.") for k in sd)
-    model = build_edge_sam(upsample_mode=upsample_mode, with_rpn=with_rpn)
+    model = build_edge_sam(upsample_mode=upsample_mode, with_rpn=with_rpn, image_size=image_size or trained)
     load_into(model, sd)
     return model.eval()

@@ -47,6 +47,11 @@ class EdgeSam(nn.Module):
         self.register_buffer("pixel_std", torch.from_numpy(PIXEL_STD.copy()).view(-1, 1, 1), persistent=False)
 
     @property
+    def image_size(self) -> int:
+        """Side of the square model input this model is set for (the prompt encoder's frame)."""
+        return int(self.prompt_encoder.input_image_size[0])
+
+    @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
@@ -99,15 +104,19 @@ def stability_score(
     return inter.to(torch.float32) / union.clamp(min=1).to(torch.float32)
 
 
-def build_edge_sam(upsample_mode: str = "bicubic", with_rpn: bool = False) -> EdgeSam:
-    """Build an (untrained) EdgeSAM in eval mode, optionally with the region proposal head.
-    Load weights with :func:`edgesam_backend.model.checkpoint.load_edge_sam`."""
+def build_edge_sam(
+    upsample_mode: str = "bicubic", with_rpn: bool = False, image_size: int = IMAGE_SIZE
+) -> EdgeSam:
+    """Build an (untrained) EdgeSAM in eval mode, optionally with the region proposal head, for a
+    square ``image_size`` input (embedding ``image_size/16``, low-res masks ``image_size/4``; the
+    weights do not depend on it). Load weights with :func:`edgesam_backend.model.checkpoint.load_edge_sam`."""
+    embed = image_size // (IMAGE_SIZE // EMBED_SIZE)
     model = EdgeSam(
         image_encoder=RepViT(upsample_mode=upsample_mode),
         prompt_encoder=PromptEncoder(
             embed_dim=256,
-            image_embedding_size=(EMBED_SIZE, EMBED_SIZE),
-            input_image_size=(IMAGE_SIZE, IMAGE_SIZE),
+            image_embedding_size=(embed, embed),
+            input_image_size=(image_size, image_size),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(

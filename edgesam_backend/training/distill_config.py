@@ -6,7 +6,8 @@ clip 5.0; phase 2 is 5 epochs at batch 16, base LR 3.2e-3 (→ 1e-4), no warm-up
 clip 0.01, up to 16 prompts per image, 2 decode iterations, BCE + Dice 5/5. Every size scales with
 ``image_size`` (embedding ``image_size/16``, masks ``image_size/4``). Unknown keys are errors.
 JSON Schemas: ``schemas/distill-phase1.schema.json``, ``schemas/distill-phase2.schema.json``,
-``schemas/eval.schema.json``, and ``schemas/rpn-train.schema.json`` for ``edgesam train-rpn``
+``schemas/eval.schema.json``, ``schemas/rpn-train.schema.json`` for ``edgesam train-rpn`` and
+``schemas/finetune.schema.json`` for ``edgesam finetune``
 (regenerate with ``python -m edgesam_backend.training.distill_config``).
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .finetune_config import FinetuneConfig
 
 SCHEMA_FILES = {
     "distill-phase1.schema.json": "Phase1Config",
@@ -263,12 +266,13 @@ class EvalConfig(_Strict):
 
 def schemas() -> dict[str, dict]:
     """The training JSON Schemas written to ``schemas/`` (file name → schema), the region proposal
-    module's ``train-rpn`` config included."""
+    module's ``train-rpn`` and ``finetune`` configs included."""
     from .rpn import RpnTrainConfig
 
     mod = sys.modules[__name__]
     out = {name: getattr(mod, cls).model_json_schema() for name, cls in SCHEMA_FILES.items()}
     out["rpn-train.schema.json"] = RpnTrainConfig.model_json_schema()
+    out["finetune.schema.json"] = FinetuneConfig.model_json_schema()
     return out
 
 

@@ -1,8 +1,8 @@
 """Student and teacher models at any input size, for distillation and evaluation.
 
-The prompt encoder's frame scales with the input: ``image_embedding_size = S/16`` and
-``input_image_size = S`` (its weights do not depend on the size), so a 128-px run keeps every ratio of
-the 1024-px recipe (embedding S/16, low-res masks 4x the embedding).
+The prompt encoder's frame scales with the input (``build_edge_sam(image_size=S)``: embedding S/16,
+low-res masks 4x the embedding; the weights do not depend on the size), so a 128-px run keeps every
+ratio of the 1024-px recipe.
 """
 
 from __future__ import annotations
@@ -17,21 +17,9 @@ from torch import nn
 from ..model.checkpoint import CheckpointError, check_state_dict, read_checkpoint_file, unwrap_state_dict
 from ..model.common import LayerNorm2d
 from ..model.edge_sam import EdgeSam, build_edge_sam
-from ..model.prompt_encoder import PromptEncoder
 from ..model.repvit import Conv2d_BN, OpSequential, RepViTBlock
 from ..model.sam_vit import SamTeacher, build_sam_teacher
 from ..model.upsample import UpSampleLayer
-
-EMBED_STRIDE = 16
-
-
-def set_prompt_frame(pe: PromptEncoder, image_size: int) -> PromptEncoder:
-    """Point ``pe`` at an ``image_size`` input (embedding ``image_size/16``, masks 4x that), in place."""
-    e = image_size // EMBED_STRIDE
-    pe.image_embedding_size = (e, e)
-    pe.input_image_size = (image_size, image_size)
-    pe.mask_input_size = (4 * e, 4 * e)
-    return pe
 
 
 class SlimRepViT(nn.Module):
@@ -78,12 +66,11 @@ def build_student(
     upsample_mode: str = "bicubic",
 ) -> EdgeSam:
     """EdgeSAM (or its slim variant) with the prompt frame set for ``image_size``; train mode off."""
-    model = build_edge_sam(upsample_mode=upsample_mode)
+    model = build_edge_sam(upsample_mode=upsample_mode, image_size=image_size)
     if arch == "slim":
         model.image_encoder = SlimRepViT(tuple(slim_widths), upsample_mode)
     elif arch != "edge_sam":
         raise ValueError(f"unknown student arch {arch!r}")
-    set_prompt_frame(model.prompt_encoder, image_size)
     return model.eval()
 
 

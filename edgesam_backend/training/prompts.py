@@ -10,6 +10,11 @@
   (a zero token). Grid pixels ``(col, row)`` are scaled to the model frame by ``scale`` (1024/256 = 4).
 * :func:`select_by_iou`: with several output tokens, the mask of the teacher's highest IoU prediction.
 * :func:`center_point`: the mask pixel farthest from the boundary (argmax of the distance transform).
+* :func:`correction_click` / :func:`correction_clicks`: the fine-tuning / evaluation click, placed
+  like an annotator would: in the larger error region, at its pixel farthest from the region's
+  boundary (argmax of the exact Euclidean distance transform; the image border counts as boundary,
+  ties → first in raster order). A false-negative region gives a positive click (label 1), a
+  false-positive one a negative click (label 0); no error → the dummy point (label -2).
 """
 
 from __future__ import annotations
@@ -75,3 +80,34 @@ def center_point(mask: NDArray[np.bool_]) -> tuple[float, float]:
     dist = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return float(x), float(y)
+
+
+def correction_click(pred: NDArray[np.bool_], gt: NDArray[np.bool_]) -> tuple[float, float, int]:
+    """``pred``, ``gt`` ``(H, W)`` bool → ``(x, y, label)`` in their pixel grid: the deepest point of
+    the false negatives (label 1) or of the false positives (label 0), whichever reaches deeper (FN
+    on a tie); ``(0, 0, -2)`` when they agree everywhere."""
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    best: tuple[float, float, float, int] = (0.0, 0.0, 0.0, DUMMY_LABEL)
+    for region, label in ((gt & ~pred, 1), (pred & ~gt, 0)):
+        if not region.any():
+            continue
+        padded = np.pad(region.astype(np.uint8), 1)  # the border is background: clicks stay inside
+        dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+        j = int(np.argmax(dist))
+        depth = float(dist.flat[j])
+        if depth > best[2]:
+            y, x = divmod(j, region.shape[1])
+            best = (float(x), float(y), depth, label)
+    return best[0], best[1], best[3]
+
+
+def correction_clicks(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched :func:`correction_click`: ``pred``, ``gt`` ``(N, H, W)`` bool → ``coords (N, 1, 2)``
+    float (x, y) in that grid and ``labels (N, 1)`` int64, on ``pred``'s device."""
+    p = pred.detach().bool().cpu().numpy()
+    g = gt.detach().bool().cpu().numpy()
+    clicks = [correction_click(a, b) for a, b in zip(p, g, strict=True)]
+    coords = torch.tensor([[c[0], c[1]] for c in clicks], dtype=torch.float32).reshape(-1, 1, 2)
+    labels = torch.tensor([c[2] for c in clicks], dtype=torch.long).reshape(-1, 1)
+    return coords.to(pred.device), labels.to(pred.device)

@@ -28,6 +28,7 @@ from ..runtime.image import load_image
 from ..runtime.proposals import decode_proposals, location_points
 from .loop import DistEnv, LoopSettings, atomic_save, num_threads, run_loop
 from .losses import giou_loss, sigmoid_focal
+from .schedule import warmup_cosine
 
 #: Box-size ranges (max side, model-frame pixels) assigned to P3..P6.
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
@@ -191,11 +192,7 @@ def evaluate_recall(
 
 def lr_at(step: int, cfg: RpnTrainConfig) -> float:
     """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
 
 def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[int, list[int]]]:

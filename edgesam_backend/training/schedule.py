@@ -5,6 +5,8 @@
   rises linearly from the warm-up LR; afterwards it is ``min + ½(peak − min)(1 + cos(π t / T))``
   with ``t`` **not** shifted by the warm-up, so after a long warm-up it drops to the cosine value at
   ``t = warm`` (the midpoint, for 5 warm-up epochs of 10).
+* :func:`warmup_cosine` (``train-rpn``, ``finetune``): linear warm-up ``lr·(t+1)/warm`` then cosine
+  from ``lr`` to ``lr·min_ratio`` at ``total``.
 * AdamW; no weight decay on 1-D parameters (norms, biases of any shape) or names ending in ``.bias``.
 """
 
@@ -34,6 +36,16 @@ class LrSchedule:
             return self.warmup_init + t * (self.peak - self.warmup_init) / self.warmup_iters
         t = min(t, self.total_iters)
         return self.floor + 0.5 * (self.peak - self.floor) * (1 + math.cos(math.pi * t / self.total_iters))
+
+
+def warmup_cosine(step: int, lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Step-based warm-up + cosine: ``lr * (step + 1) / warmup`` for ``step < warmup``, then
+    ``floor + ½(lr − floor)(1 + cos(π p))`` with ``p = (step − warmup) / (total − warmup)`` clipped to 1."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = lr * min_ratio
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def scaled_lr(base: float, total_batch: int, scale_batch: int = 512) -> float:
