@@ -1,7 +1,8 @@
 """The ``edgesam`` command line.
 
 Engine: ``predict``, ``export``, ``weights``. Serving: ``serve`` (Label Studio ML backend). Pipelines:
-``run``, ``validate``, ``schema``. Training: ``train-rpn``, ``synthetic-data``, ``distill``, ``eval``.
+``run``, ``validate``, ``schema``. Training: ``train-rpn``, ``finetune``, ``synthetic-data``,
+``distill``, ``eval``.
 """
 
 from __future__ import annotations
@@ -257,6 +258,9 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-rpn", help="train the region proposal module on COCO-format boxes")
     p.add_argument("config", type=Path, help="YAML config (see RpnTrainConfig / schemas/)")
     p.add_argument("--max-steps", type=int, help="override max_steps")
+    f = sub.add_parser("finetune", help="fine-tune EdgeSAM on ground-truth masks (COCO / Label Studio)")
+    f.add_argument("config", type=Path, help="YAML config (schemas/finetune.schema.json)")
+    f.add_argument("--max-steps", type=int, help="override max_steps")
     s = sub.add_parser("synthetic-data", help="write a synthetic COCO dataset of shapes (boxes + masks)")
     s.add_argument("out", type=Path)
     s.add_argument("--num-images", type=int, default=200)
@@ -280,6 +284,26 @@ def cmd_train_rpn(args: argparse.Namespace) -> int:
     try:
         metrics = train_rpn(cfg, log=lambda m: print(m, file=sys.stderr))
     except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps(metrics))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    try:
+        from .model.checkpoint import CheckpointError
+        from .training.finetune import finetune
+        from .training.finetune_config import FinetuneConfig
+    except ImportError:
+        raise CliError("training needs PyTorch: pip install 'edgesam-backend[torch]'") from None
+    from .yamlconfig import ConfigError, load_yaml_model
+
+    try:
+        cfg = load_yaml_model(args.config, FinetuneConfig)
+        if args.max_steps is not None:
+            cfg = cfg.model_copy(update={"max_steps": args.max_steps})
+        metrics = finetune(cfg, log=lambda m: print(m, file=sys.stderr))
+    except (ConfigError, CheckpointError, weights.WeightsError, OSError, ValueError) as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(metrics))
     return 0
@@ -376,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_distill(args)
         if args.command == "train-rpn":
             return cmd_train_rpn(args)
+        if args.command == "finetune":
+            return cmd_finetune(args)
         if args.command == "synthetic-data":
             return cmd_synthetic_data(args)
         if args.command == "weights":
