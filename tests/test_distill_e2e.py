@@ -25,11 +25,10 @@ from edgesam_backend.training.distill_config import (
     DataConfig,
     Phase1Config,
     Phase2Config,
-    schema_text,
-    schemas,
 )
 from edgesam_backend.training.models import build_student, build_teacher
 from edgesam_backend.training.phase2 import Phase2Stats, phase2_loss
+from edgesam_backend.training.schemas import schema_text, schemas
 from edgesam_backend.training.synthetic import write_coco_dataset
 from edgesam_backend.yamlconfig import ConfigError, load_yaml_model
 
@@ -372,7 +371,7 @@ def test_sa1b_layout_reader(data, tmp_path):
 def test_schemas_in_sync():
     for name, schema in schemas().items():
         path = REPO / "schemas" / name
-        assert path.is_file(), f"missing {path}; run python -m edgesam_backend.training.distill_config"
+        assert path.is_file(), f"missing {path}; run python -m edgesam_backend.training.schemas"
         assert path.read_text() == schema_text(schema), f"{path} is stale; regenerate it"
 
 

@@ -8,25 +8,15 @@ clip 0.01, up to 16 prompts per image, 2 decode iterations, BCE + Dice 5/5. Ever
 JSON Schemas: ``schemas/distill-phase1.schema.json``, ``schemas/distill-phase2.schema.json``,
 ``schemas/eval.schema.json``, ``schemas/rpn-train.schema.json`` for ``edgesam train-rpn`` and
 ``schemas/finetune.schema.json`` for ``edgesam finetune``
-(regenerate with ``python -m edgesam_backend.training.distill_config``).
+(regenerate with ``python -m edgesam_backend.training.schemas``).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from .finetune_config import FinetuneConfig
-
-SCHEMA_FILES = {
-    "distill-phase1.schema.json": "Phase1Config",
-    "distill-phase2.schema.json": "Phase2Config",
-    "eval.schema.json": "EvalConfig",
-}
 
 
 class _Strict(BaseModel):
@@ -262,35 +252,3 @@ class EvalConfig(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         return self
-
-
-def schemas() -> dict[str, dict]:
-    """The training JSON Schemas written to ``schemas/`` (file name → schema), the region proposal
-    module's ``train-rpn`` and ``finetune`` configs included."""
-    from .rpn import RpnTrainConfig
-
-    mod = sys.modules[__name__]
-    out = {name: getattr(mod, cls).model_json_schema() for name, cls in SCHEMA_FILES.items()}
-    out["rpn-train.schema.json"] = RpnTrainConfig.model_json_schema()
-    out["finetune.schema.json"] = FinetuneConfig.model_json_schema()
-    return out
-
-
-def schema_text(schema: dict) -> str:
-    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
-
-
-def write_schemas(out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, schema in schemas().items():
-        path = out_dir / name
-        path.write_text(schema_text(schema))
-        paths.append(path)
-    return paths
-
-
-if __name__ == "__main__":  # python -m edgesam_backend.training.distill_config [schemas/]
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "schemas"
-    for p in write_schemas(target):
-        print(p)

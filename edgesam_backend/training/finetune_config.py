@@ -5,7 +5,7 @@ Top-level keys scripts can rely on: ``train_images``, ``train_annotations``, ``v
 name or path, or ``random``), ``image_size``, ``freeze`` (``none`` | ``encoder`` |
 ``encoder+prompt_encoder``), ``max_steps``, ``batch_size``, ``lr``, ``seed``; the rest have
 defaults. JSON Schema: ``schemas/finetune.schema.json`` (regenerated with
-``python -m edgesam_backend.training.distill_config``).
+``python -m edgesam_backend.training.schemas``).
 """
 
 from __future__ import annotations
