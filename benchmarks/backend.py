@@ -215,9 +215,9 @@ def main() -> None:
 
     onnx_dir = args.onnx_dir
     if onnx_dir is None:
-        from edgesam_backend.engine import ensure_onnx
+        from edgesam_backend.runtime.resolve import resolve_model
 
-        onnx_dir = ensure_onnx(DEFAULT_CKPT)[0].parent
+        onnx_dir = resolve_model(DEFAULT_CKPT).encoder.parent
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -51,17 +51,17 @@ def main() -> None:
 
     import torch
 
+    from edgesam_backend.engine import load_predictor
+    from edgesam_backend.export.onnx import export_onnx
     from edgesam_backend.model.checkpoint import load_edge_sam
-    from edgesam_backend.model.export import export_onnx
     from edgesam_backend.model.predictor import TorchPredictor
     from edgesam_backend.runtime.image import load_image
-    from edgesam_backend.runtime.predictor import OnnxPredictor
 
     torch.set_num_threads(args.threads)
     model = load_edge_sam(args.checkpoint)
     tmp = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
     export_onnx(args.checkpoint, tmp)
-    ort_pred = OnnxPredictor(tmp / "encoder.onnx", tmp / "decoder.onnx", intra_op_num_threads=args.threads)
+    ort_pred = load_predictor(onnx_dir=tmp, threads=args.threads)
     torch_pred = TorchPredictor(model)
 
     image = load_image(SHARED / "images" / "truck.jpg")

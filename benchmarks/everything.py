@@ -109,30 +109,26 @@ def main() -> None:
 
     from edgesam_backend.runtime.amg import AutomaticMaskGenerator
     from edgesam_backend.runtime.image import load_image
-    from edgesam_backend.runtime.predictor import OnnxPredictor
 
     cv2.setNumThreads(args.threads)
     import torch
 
+    from edgesam_backend.engine import load_predictor
+    from edgesam_backend.export.onnx import export_onnx
     from edgesam_backend.model.checkpoint import load_edge_sam
-    from edgesam_backend.model.export import export_onnx
 
     onnx_dir = args.onnx_dir
     if onnx_dir is None:
         onnx_dir = Path(tempfile.mkdtemp(prefix="edgesam-everything-"))
         export_onnx(args.checkpoint, onnx_dir)
-    pred = OnnxPredictor(
-        onnx_dir / "encoder.onnx", onnx_dir / "decoder.onnx", intra_op_num_threads=args.threads
-    )
+    pred = load_predictor(onnx_dir=onnx_dir, threads=args.threads)
     rpn_model = load_edge_sam(args.rpn_checkpoint or args.checkpoint, with_rpn=True)
     if args.rpn_checkpoint is None:
         with torch.no_grad():
             rpn_model.rpn_head.cls.bias.fill_(2.0)
     rpn_dir = Path(tempfile.mkdtemp(prefix="edgesam-everything-rpn-"))
     export_onnx(rpn_model, rpn_dir)
-    rpn_pred = OnnxPredictor(
-        rpn_dir / "encoder.onnx", rpn_dir / "decoder.onnx", intra_op_num_threads=args.threads
-    )
+    rpn_pred = load_predictor(onnx_dir=rpn_dir, threads=args.threads)
 
     paths = [IMAGES / n for n in args.names] if args.names else list_images()[: args.images]
     grid = AutomaticMaskGenerator(pred)  # defaults: 32x32, 64 per batch, stability >= 0.95

@@ -5,7 +5,7 @@ shared images, then measures
 
 * encoder latency fp32 vs int8: interleaved runs on one session each (``--threads`` intra-op
   threads), ``--warmup`` warm-ups, median/min of ``--runs``;
-* agreement: best-mask IoU for the fixed prompt set of ``runtime.quantize.default_prompts`` on every
+* agreement: best-mask IoU for the fixed prompt set of ``export.agreement.default_prompts`` on every
   shared image (also over the images not used for calibration), and the embedding relative error.
 
 Prints one JSON object. ``--variants`` also quantizes and scores alternative settings (other fp32
@@ -102,11 +102,12 @@ def score(
     calibration: list[Path],
     threads: int,
 ) -> dict[str, Any]:
+    from edgesam_backend.export.agreement import agreement
+    from edgesam_backend.runtime.model_files import ENCODER_FILE
     from edgesam_backend.runtime.predictor import OnnxPredictor
-    from edgesam_backend.runtime.quantize import agreement
 
     dec = fp32_dir / "decoder.onnx"
-    p32 = OnnxPredictor(fp32_dir / "encoder.onnx", dec, threads)
+    p32 = OnnxPredictor(fp32_dir / ENCODER_FILE, dec, threads)
     p8 = OnnxPredictor(int8_path, dec, threads)
     res = agreement(p32, p8, images)
     calib_names = {p.name for p in calibration}
@@ -128,11 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", action="store_true", help="also score alternative quantization settings")
     args = ap.parse_args(argv)
 
-    from edgesam_backend.model.export import export_onnx
-    from edgesam_backend.runtime import quantize, transforms
+    from edgesam_backend.export import agreement as agree_mod
+    from edgesam_backend.export import calibration, int8
+    from edgesam_backend.export.onnx import export_onnx
+    from edgesam_backend.runtime import transforms
     from edgesam_backend.runtime.image import load_image
+    from edgesam_backend.runtime.model_files import ENCODER_FILE, INT8_ENCODER_FILE
 
-    images = quantize.list_images(args.images)
+    images = calibration.list_images(args.images)
     calibration = _pick_calibration(images, args.calibration_count)
     with tempfile.TemporaryDirectory(prefix="edgesam-int8-") as tmp:
         work = args.workdir or Path(tmp)
@@ -140,19 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         export_onnx(args.checkpoint, fp32_dir)
         t_export = time.perf_counter() - t0
-        int8_path = fp32_dir / quantize.INT8_ENCODER_FILE
+        int8_path = fp32_dir / INT8_ENCODER_FILE
         t0 = time.perf_counter()
-        quantize.quantize_encoder(fp32_dir / "encoder.onnx", int8_path, calibration)
+        int8.quantize_encoder(fp32_dir / ENCODER_FILE, int8_path, calibration)
         t_quant = time.perf_counter() - t0
 
         load_before = os.getloadavg()
         x, _ = transforms.preprocess(load_image(images[-1]))
         latency = time_encoders(
-            {"fp32": fp32_dir / "encoder.onnx", "int8": int8_path}, x, args.threads, args.runs, args.warmup
+            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path}, x, args.threads, args.runs, args.warmup
         )
         load_after = os.getloadavg()
         latency_1t = time_encoders(
-            {"fp32": fp32_dir / "encoder.onnx", "int8": int8_path}, x, 1, args.runs, args.warmup
+            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path}, x, 1, args.runs, args.warmup
         )
         agree = score(fp32_dir, int8_path, images, calibration, args.threads)
 
@@ -160,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.variants:
             for name, kw in VARIANTS.items():
                 vpath = work / f"encoder.int8.{name}.onnx"
-                quantize.quantize_encoder(fp32_dir / "encoder.onnx", vpath, calibration, **kw)
+                int8.quantize_encoder(fp32_dir / ENCODER_FILE, vpath, calibration, **kw)
                 lat = time_encoders(
-                    {"fp32": fp32_dir / "encoder.onnx", "default": int8_path, name: vpath},
+                    {"fp32": fp32_dir / ENCODER_FILE, "default": int8_path, name: vpath},
                     x,
                     args.threads,
                     args.runs,
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     "embedding_rel_error_mean": round(a["embedding_rel_error"]["mean"], 4),
                 }
         sizes = {
-            "fp32_mb": round((fp32_dir / "encoder.onnx").stat().st_size / 2**20, 2),
+            "fp32_mb": round((fp32_dir / ENCODER_FILE).stat().st_size / 2**20, 2),
             "int8_mb": round(int8_path.stat().st_size / 2**20, 2),
         }
 
@@ -196,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             "method": "minmax",
             "activation_type": "quint8",
             "weight_type": "qint8",
-            "op_types": list(quantize.DEFAULT_OP_TYPES),
-            "kept_fp32": list(quantize.DEFAULT_EXCLUDE),
+            "op_types": list(int8.DEFAULT_OP_TYPES),
+            "kept_fp32": list(int8.DEFAULT_EXCLUDE),
             "quant_pre_process": True,
             "graph_rewrites": ["erf GELU -> com.microsoft.Gelu", "spatial ReduceMean -> GlobalAveragePool"],
         },
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_image_mean_iou": {k: round(v, 4) for k, v in agree["per_image"].items()},
         },
         "embedding_rel_error": {k: round(v, 4) for k, v in agree["embedding_rel_error"].items()},
-        "threshold": quantize.AGREEMENT_THRESHOLD,
+        "threshold": agree_mod.AGREEMENT_THRESHOLD,
         "holds_threshold": bool(agree["passes"]),
         "default": "off (opt-in: load_predictor(int8=True)); random-weight agreement does not "
         "carry over to a trained model",

@@ -201,7 +201,7 @@ def main() -> None:
         tmp = Path(td)
         onnx = args.onnx_dir
         if onnx is None:
-            from edgesam_backend.model.export import export_onnx
+            from edgesam_backend.export.onnx import export_onnx
 
             onnx = tmp / "onnx"
             export_onnx(SHARED / "reference" / "edgesam" / "weights_perturbed.pth", onnx)

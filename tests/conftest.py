@@ -39,7 +39,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """encoder.onnx + decoder.onnx exported (and self-validated) from the reference checkpoint."""
     if not CHECKPOINT.is_file():
         pytest.skip(f"needs the shared reference data at {REF}")
-    from edgesam_backend.model.export import export_onnx
+    from edgesam_backend.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx")
     export_onnx(CHECKPOINT, out)

@@ -153,6 +153,7 @@ def test_health_setup_versions(client) -> None:
         "status": "UP",
         "model_class": "EdgeSAM",
         "model_version": "edgesam-test",
+        "providers": ["CPUExecutionProvider"],
     }
     r = client.post(
         "/setup",

@@ -419,7 +419,7 @@ def rpn_onnx_dir(tmp_path_factory):
     if not CHECKPOINT.is_file():
         pytest.skip("needs the shared reference weights")
     from edgesam_backend.model.checkpoint import load_edge_sam
-    from edgesam_backend.model.export import export_onnx
+    from edgesam_backend.export.onnx import export_onnx
 
     torch.manual_seed(0)
     model = load_edge_sam(CHECKPOINT, with_rpn=True)

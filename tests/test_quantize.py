@@ -11,16 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgesam_backend.runtime.quantize import (
-    INT8_ENCODER_FILE,
-    ImageCalibrationReader,
-    agreement,
-    default_prompts,
-    is_int8_model,
-    list_images,
-    mask_iou,
-    quantize_encoder,
-)
+from edgesam_backend.export.agreement import agreement, default_prompts, mask_iou
+from edgesam_backend.export.calibration import ImageCalibrationReader, list_images
+from edgesam_backend.export.int8 import is_int8_model, quantize_encoder
+from edgesam_backend.runtime.model_files import INT8_ENCODER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -38,7 +32,7 @@ CALIBRATION = ["1.jpeg", "2.jpeg", "3.jpeg", "4.jpeg"]
 @pytest.fixture(scope="module")
 def q8_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """encoder.onnx + decoder.onnx from the reference checkpoint, plus encoder.int8.onnx (4 images)."""
-    from edgesam_backend.model.export import export_onnx
+    from edgesam_backend.export.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("q8")
     export_onnx(CHECKPOINT, out)
@@ -147,7 +141,7 @@ def test_graph_rewrites_are_exact(tmp_path: Path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from edgesam_backend.runtime.quantize import fuse_gelu, spatial_means_to_pooling
+    from edgesam_backend.export.rewrites import fuse_gelu, spatial_means_to_pooling
 
     def const(name: str, value: float) -> onnx.NodeProto:
         return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(value)))

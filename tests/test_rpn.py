@@ -165,7 +165,7 @@ def test_checkpoints_with_and_without_rpn(tmp_path):
 
 @requires_shared
 def test_export_with_proposals_and_granularity_prior(tmp_path):
-    from edgesam_backend.model.export import export_onnx
+    from edgesam_backend.export.onnx import export_onnx
     from edgesam_backend.model.predictor import TorchPredictor
     from edgesam_backend.runtime.image import load_image
     from edgesam_backend.runtime.predictor import OnnxPredictor

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from edgesam_backend import weights as W
+from edgesam_backend.fileio import file_sha256
 
 REFERENCE_CKPT = Path("/work/shared/reference/edgesam/weights_perturbed.pth")
 
@@ -148,7 +148,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGESAM_HOME", str(home))
     monkeypatch.delenv("EDGESAM_WEIGHTS_BASE_URL", raising=False)
     for name in W.MODELS:
-        monkeypatch.delenv(W._sha256_env_var(name), raising=False)
+        monkeypatch.delenv(W.registry.sha256_env_var(name), raising=False)
     return home
 
 
@@ -181,10 +181,9 @@ def _use_server(monkeypatch: pytest.MonkeyPatch, srv: LoopbackServer) -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="edgesam")
-    sub = parser.add_subparsers(dest="command", required=True)
-    W.add_cli_arguments(sub.add_parser("weights"))
-    return W.run_cli(parser.parse_args(["weights", *argv]))
+    from edgesam_backend.cli import main
+
+    return main(["weights", *argv])
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def test_cache_dir_env_and_default(
 
 
 def test_sha256_env_var_name() -> None:
-    assert W._sha256_env_var("edge_sam_3x") == "EDGESAM_SHA256_EDGE_SAM_3X"
+    assert W.registry.sha256_env_var("edge_sam_3x") == "EDGESAM_SHA256_EDGE_SAM_3X"
 
 
 def test_onnx_cache_dir(tmp_path: Path, _isolated_env: Path) -> None:
@@ -224,7 +223,7 @@ def test_onnx_cache_dir(tmp_path: Path, _isolated_env: Path) -> None:
     f.write_bytes(data)
     expected = _isolated_env / "onnx" / f"my_model-{hashlib.sha256(data).hexdigest()[:16]}"
     assert W.onnx_cache_dir(f) == expected
-    assert W.file_sha256(f) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(f) == hashlib.sha256(data).hexdigest()
 
 
 def test_module_does_not_import_torch_at_top_level() -> None:
@@ -463,7 +462,7 @@ def test_offline_message_official_url(monkeypatch: pytest.MonkeyPatch) -> None:
     # message builder is checked directly): exact wording with the official URL and cache path.
     spec = W.MODELS["edge_sam"]
     dest = W.cached_path("edge_sam")
-    msg = W._offline_message(spec, dest, spec.url, "URLError: no network")
+    msg = W.api.offline_message(spec, dest, spec.url, "URLError: no network")
     assert msg == (
         f"edge_sam.pth is not in the cache and could not be downloaded from {spec.url} "
         "(URLError: no network). "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import secrets
@@ -45,40 +44,36 @@ ROUTES = ("/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metri
 NO_AUTH = ("/health", "/webhook")
 
 
-def _file_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
     """The onnxruntime predictor and a model version derived from the ONNX files' content.
 
     ONNX files are looked up in ``EDGESAM_ONNX_DIR``, then ``MODEL_DIR`` and ``MODEL_DIR/onnx``;
-    otherwise ``EDGESAM_CHECKPOINT`` (a name or path) is resolved through the weights cache and
-    exported once (that needs torch; the Docker image exports at build/init time instead).
+    otherwise ``EDGESAM_CHECKPOINT`` (a name or path) is resolved by the model resolver (our export,
+    written once, which needs torch; without torch a model name uses the official ONNX files).
+    ``EDGESAM_INT8`` and ``EDGESAM_DEVICE`` apply either way.
     """
-    from ..engine import ensure_onnx, load_predictor, onnx_files
+    from ..engine import onnx_predictor
+    from ..runtime.model_files import onnx_files
+    from ..runtime.resolve import resolve_model
 
-    candidates = (
-        [settings.onnx_dir] if settings.onnx_dir else [settings.model_dir, settings.model_dir / "onnx"]
+    candidates = [settings.model_dir, settings.model_dir / "onnx"]
+    found = next((Path(d) for d in candidates if onnx_files(d)[0].is_file()), None)
+    onnx_dir = settings.onnx_dir if settings.onnx_dir else found
+    model = resolve_model(
+        None if onnx_dir is not None else settings.checkpoint,
+        onnx_dir=onnx_dir,
+        int8=settings.int8,
+        device=settings.device,
     )
-    onnx_dir = next(
-        (Path(d) for d in candidates if d and (Path(d) / "encoder.onnx").is_file()),
-        None,
+    log.info(
+        "model %s: %s + %s, providers %s",
+        model.model_version,
+        model.encoder,
+        model.decoder,
+        model.execution.names,
     )
-    if settings.onnx_dir and onnx_dir is None:
-        enc, dec = onnx_files(settings.onnx_dir)  # raises with the missing file names
-    if onnx_dir is not None:
-        enc, dec = onnx_files(onnx_dir)
-    else:
-        enc, dec = ensure_onnx(settings.checkpoint)
-    predictor = load_predictor(None, onnx_dir=enc.parent, threads=settings.intra_op_threads)
-    version = settings.model_version or f"edgesam-{_file_digest([enc, dec])[:12]}"
-    return predictor, version
+    predictor = onnx_predictor(model, threads=settings.intra_op_threads)
+    return predictor, settings.model_version or model.model_version
 
 
 class _Middleware:
@@ -197,8 +192,16 @@ def create_app(
             raise BadRequest("request body must be a JSON object")
         return data
 
+    providers = list(getattr(predictor, "providers", []))
+    app.state.providers = providers
+
     def health_body() -> dict[str, Any]:
-        return {"status": "UP", "model_class": "EdgeSAM", "model_version": backend.model_version}
+        return {
+            "status": "UP",
+            "model_class": "EdgeSAM",
+            "model_version": backend.model_version,
+            "providers": providers,
+        }
 
     @app.get("/")
     @app.get("/health")

@@ -7,6 +7,8 @@
 | ``LABEL_STUDIO_API_KEY`` (or ``LABEL_STUDIO_ACCESS_TOKEN``) | – | legacy token or Personal Access Token |
 | ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | – | require HTTP Basic auth (not on ``/health``, ``/webhook``) |
 | ``MODEL_DIR`` | ``.`` | ``encoder.onnx`` + ``decoder.onnx`` are looked up here and in ``onnx/`` |
+| ``EDGESAM_INT8`` | ``false`` | use ``encoder.int8.onnx`` from the same directory |
+| ``EDGESAM_DEVICE`` | ``cpu`` | ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto`` |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``WORKERS`` / ``THREADS`` | ``1`` / ``4`` | uvicorn worker processes / concurrent requests per worker |
 | ``EDGESAM_*`` | see :class:`Settings` | model, cache, image limits, mask choice, batch mode |
@@ -47,6 +49,8 @@ class Settings(BaseModel):
     onnx_dir: Path | None = None
     intra_op_threads: int | None = Field(None, ge=1)
     model_version: str | None = None
+    int8: bool = False
+    device: str = "cpu"
 
     # interactive
     mask_choice: MaskChoice = "auto"
@@ -87,6 +91,16 @@ class Settings(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from ..runtime.providers import DeviceError, normalise_device
+
+        try:
+            return normalise_device(v)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

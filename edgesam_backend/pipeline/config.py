@@ -40,6 +40,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
 from ..yamlconfig import ConfigError, compose, construct, expand_env_nodes
 from .base import ROLES
 from .registry import StepSpec, load_registry
@@ -62,12 +63,26 @@ class ModelConfig(_Strict):
     or a ``.pth`` path (ONNX exported once into ``onnx_dir`` or the cache; a checkpoint with region
     proposal weights gives an encoder with proposals); or only ``onnx_dir`` with ``encoder.onnx`` +
     ``decoder.onnx``. ``threads``: onnxruntime intra-op threads per model (default: the executor's
-    share of the CPUs). ``int8``: use ``encoder.int8.onnx`` from the same directory."""
+    share of the CPUs). ``int8``: use ``encoder.int8.onnx`` from the same directory. ``device``:
+    onnxruntime execution providers (``runtime/providers.py``)."""
 
     checkpoint: str | None = Field(None, min_length=1, description="model name or checkpoint path")
     onnx_dir: AnyPath | None = Field(None, description="directory with encoder.onnx and decoder.onnx")
     threads: PositiveInt | None = Field(None, description="onnxruntime intra-op threads per model")
     int8: bool = Field(False, description="use encoder.int8.onnx (written by `edgesam export --int8`)")
+    device: str = Field(
+        "cpu", description="onnxruntime device: cpu, cuda[:N], tensorrt[:N], openvino, coreml or auto"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        from ..runtime.providers import DeviceError, normalise_device
+
+        try:
+            return normalise_device(v)
+        except DeviceError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("checkpoint")
     @classmethod
@@ -97,7 +112,7 @@ class ModelConfig(_Strict):
         ctx = info.context or {}
         check = ctx.get("base_dir") is not None and ctx.get("check_paths", True)
         if v is not None and check and info.data.get("checkpoint") is None:
-            missing = [n for n in ("encoder.onnx", "decoder.onnx") if not (Path(v) / n).is_file()]
+            missing = [n for n in (ENCODER_FILE, DECODER_FILE) if not (Path(v) / n).is_file()]
             if missing:
                 raise ValueError(f"{v} lacks {', '.join(missing)} (write them with `edgesam export`)")
         return v

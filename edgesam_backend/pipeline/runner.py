@@ -7,16 +7,14 @@ byte-for-byte the same files as one uninterrupted run (and the same as the Ray e
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..engine import INT8_ENCODER_FILE, EngineError, ensure_onnx, onnx_files
+from ..runtime.resolve import EngineError, ResolvedModel, resolve_model
 from .base import (
     ExportRun,
     ExportStep,
@@ -44,55 +42,20 @@ class PipelineStopped(PipelineError):
         self.summary = summary
 
 
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file (cached per path/size/mtime for this process)."""
-    st = os.stat(path)
-    k = (str(path), st.st_size, st.st_mtime_ns)
-    if k not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _digests[k] = h.hexdigest()
-    return _digests[k]
-
-
-def resolve_model(cfg: ModelConfig) -> tuple[Path, Path]:
-    """``(encoder.onnx, decoder.onnx)`` for the model config (exporting once from a checkpoint if needed)."""
+def resolve(cfg: ModelConfig) -> ResolvedModel:
+    """The model of the config, by the one resolver (exporting once from a checkpoint if needed)."""
     from .. import weights
 
     try:
-        if cfg.checkpoint is not None:
-            enc, dec = ensure_onnx(cfg.checkpoint, cfg.onnx_dir)
-        else:
-            assert cfg.onnx_dir is not None
-            enc, dec = onnx_files(cfg.onnx_dir)
+        return resolve_model(cfg.checkpoint, onnx_dir=cfg.onnx_dir, int8=cfg.int8, device=cfg.device)
     except (EngineError, weights.WeightsError) as exc:
         raise PipelineError(f"model: {exc}") from None
-    if cfg.int8:
-        enc = enc.with_name(INT8_ENCODER_FILE)
-        if not enc.is_file():
-            raise PipelineError(
-                f"model.int8: {enc} does not exist "
-                "(write it with `edgesam export --int8 --calibration-images DIR`)"
-            )
-    return enc, dec
 
 
-def model_info(encoder: Path, decoder: Path) -> ModelInfo:
-    """What the ONNX files offer (graph inputs/outputs only; weights are not loaded)."""
-    import onnx
-
-    enc = onnx.load(str(encoder), load_external_data=False)
-    dec = onnx.load(str(decoder), load_external_data=False)
-    outs = {o.name for o in enc.graph.output}
-    ins = {i.name for i in dec.graph.input}
-    return ModelInfo(
-        has_proposals={"proposal_logits", "proposal_ltrb"} <= outs, supports_mask_input="mask_input" in ins
-    )
+def model_info(model: ResolvedModel) -> ModelInfo:
+    """What the model offers, for the steps' start-of-run checks."""
+    caps = model.capabilities
+    return ModelInfo(has_proposals=caps.has_proposals, supports_mask_input=caps.supports_mask_input)
 
 
 @dataclass
@@ -132,7 +95,7 @@ def instantiate(pipe: PipelineBase) -> Prepared:
     return Prepared(pipe, source, prompt, refines, exports, out_dir, base_dir)  # type: ignore[arg-type]
 
 
-def config_hash(pipe: PipelineBase, encoder: Path, decoder: Path) -> str:
+def config_hash(pipe: PipelineBase, model: ResolvedModel) -> str:
     """Hash of everything that affects per-image results: model files, prompt/segment/refine configs."""
     reg = load_registry()
     steps = []
@@ -143,19 +106,20 @@ def config_hash(pipe: PipelineBase, encoder: Path, decoder: Path) -> str:
             steps.append(cfg.model_dump(mode="json", exclude=exclude))
     doc = {
         "format": RESULT_FORMAT_VERSION,
-        "encoder": file_digest(encoder),
-        "decoder": file_digest(decoder),
+        "encoder": model.encoder_sha256,
+        "decoder": model.decoder_sha256,
         "steps": steps,
     }
     return sha256_text(canonical_json(doc))[:32]
 
 
-def make_plan(prep: Prepared, encoder: Path, decoder: Path, chash: str) -> dict[str, Any]:
+def make_plan(prep: Prepared, model: ResolvedModel, chash: str) -> dict[str, Any]:
     pipe = prep.pipe
     return {
         "pipeline": pipe.model_dump(mode="json"),
-        "encoder": str(encoder),
-        "decoder": str(decoder),
+        "encoder": str(model.encoder),
+        "decoder": str(model.decoder),
+        "device": model.execution.device,
         "config_hash": chash,
         "base_dir": str(prep.base_dir),
         "output_dir": str(prep.output_dir),
@@ -190,14 +154,15 @@ def run_pipeline(
     check_unique_file_names(items)
     categories = prep.source.categories()
     prep.prompt.bind(items, categories)
-    encoder, decoder = resolve_model(pipe.model)
-    info = model_info(encoder, decoder)
+    model = resolve(pipe.model)
+    encoder, decoder = model.encoder, model.decoder
+    info = model_info(model)
     prep.prompt.check_model(info)
     for r in prep.refines:
         r.check_model(info, prep.prompt.mode)
-    chash = config_hash(pipe, encoder, decoder)
+    chash = config_hash(pipe, model)
     fingerprints = [prep.prompt.fingerprint(it) for it in items]
-    plan = make_plan(prep, encoder, decoder, chash)
+    plan = make_plan(prep, model, chash)
 
     store = ResultStore(prep.output_dir)
     store.acquire()
@@ -262,6 +227,8 @@ def run_pipeline(
             "name": pipe.name,
             "output_dir": str(prep.output_dir),
             "executor": exec_cfg.type,
+            "device": model.execution.chosen,
+            "providers": model.execution.names,
             "config_hash": chash,
             "images": len(items),
             "processed": bar.done,
@@ -342,9 +309,8 @@ def summary_json(summary: dict[str, Any]) -> str:
 __all__ = [
     "PipelineStopped",
     "config_hash",
-    "file_digest",
     "instantiate",
     "model_info",
-    "resolve_model",
+    "resolve",
     "run_pipeline",
 ]

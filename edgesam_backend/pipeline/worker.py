@@ -122,7 +122,12 @@ class ImageProcessor:
         if predictor is None:
             from ..runtime.predictor import OnnxPredictor
 
-            predictor = OnnxPredictor(plan["encoder"], plan["decoder"], intra_op_num_threads=threads)
+            predictor = OnnxPredictor(
+                plan["encoder"],
+                plan["decoder"],
+                intra_op_num_threads=threads,
+                device=plan.get("device", "cpu"),
+            )
         self.predictor = predictor
 
     def key(self, image_sha256: str, fingerprint: str) -> str:

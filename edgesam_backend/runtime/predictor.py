@@ -3,7 +3,7 @@
 Runs both our exports (``edgesam export``: bicubic encoder; decoder with mask input, batch and point
 axes dynamic, all 4 tokens with IoU and stability scores) and the official EdgeSAM ONNX files
 (``edge_sam_3x_encoder.onnx`` / ``edge_sam_3x_decoder.onnx``: no mask input, batch 1, one ``scores``
-output). The decoder flavour is detected from the graph's inputs.
+output). The decoder flavour and the other capabilities are read by :mod:`.model_files`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ from numpy.typing import NDArray
 
 from .base import BasePredictor
 from .masks import stability_score
-
-OURS_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
-OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
-
-
-class OnnxModelError(ValueError):
-    """An ONNX file is missing or is not an EdgeSAM encoder/decoder this runtime understands."""
+from .model_files import FLAVOUR_OURS, Capabilities, OnnxModelError, read_capabilities
+from .providers import ExecutionPlan, resolve_providers
 
 
 def session_options(intra_op_num_threads: int | None = None, mem_arena: bool = True) -> ort.SessionOptions:
@@ -44,36 +39,16 @@ def session_options(intra_op_num_threads: int | None = None, mem_arena: bool = T
 
 
 def _session(
-    path: str | os.PathLike[str], so: ort.SessionOptions, providers: list[str] | None
+    path: str | os.PathLike[str], so: ort.SessionOptions, plan: ExecutionPlan
 ) -> ort.InferenceSession:
     p = Path(path)
     if not p.is_file():
         raise OnnxModelError(f"ONNX file not found: {p}")
+    providers, options = plan.ort_arguments()
     try:
-        return ort.InferenceSession(str(p), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(p), sess_options=so, providers=providers, provider_options=options)
     except Exception as exc:  # onnxruntime raises its own exception classes
         raise OnnxModelError(f"cannot load {p}: {exc}") from exc
-
-
-def detect_decoder_flavour(session: ort.InferenceSession) -> str:
-    """``"edgesam-backend"`` (our export) or ``"official"``; raises for anything else."""
-    names = tuple(i.name for i in session.get_inputs())
-    if set(names) == set(OURS_DECODER_INPUTS):
-        return "edgesam-backend"
-    if set(names) == set(OFFICIAL_DECODER_INPUTS):
-        return "official"
-    hint = " (this looks like SAM's ONNX decoder, not EdgeSAM's)" if "orig_im_size" in names else ""
-    raise OnnxModelError(f"unrecognised EdgeSAM decoder inputs {names}{hint}")
-
-
-def _official_scores_are_stability(path: str | os.PathLike[str]) -> bool:
-    """The official export writes stability scores (a ``Div``) with ``--use-stability-score``, else IoU."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    name = next((o.name for o in model.graph.output if o.name == "scores"), None)
-    return name is not None and producers.get(name) == "Div"
 
 
 class OnnxPredictor(BasePredictor):
@@ -83,7 +58,9 @@ class OnnxPredictor(BasePredictor):
         encoder_path: encoder ONNX (input ``image (1,3,1024,1024)``, output ``image_embeddings``).
         decoder_path: decoder ONNX (our export or the official format).
         intra_op_num_threads: threads per session (``None``: onnxruntime's default, all cores).
-        providers: onnxruntime execution providers (default CPU).
+        device: ``cpu`` (default), ``cuda[:N]``, ``tensorrt``, ``openvino``, ``coreml`` or ``auto``, or
+            an :class:`ExecutionPlan` from :func:`.providers.resolve_providers`.
+        capabilities: what the files offer, if already read (see :func:`.model_files.read_capabilities`).
         decoder_mem_arena: keep onnxruntime's memory arena for the decoder (25-30% faster per prompt;
             resident memory grows ~58 MB per prompt of the largest batch). Turn it off for servers that
             decode large batches rarely, or use a smaller ``points_per_batch`` (16 is as fast per prompt).
@@ -94,28 +71,26 @@ class OnnxPredictor(BasePredictor):
         encoder_path: str | os.PathLike[str],
         decoder_path: str | os.PathLike[str],
         intra_op_num_threads: int | None = None,
-        providers: list[str] | None = None,
+        device: str | ExecutionPlan = "cpu",
         decoder_mem_arena: bool = True,
+        capabilities: Capabilities | None = None,
     ) -> None:
         super().__init__()
-        self.encoder = _session(encoder_path, session_options(intra_op_num_threads), providers)
-        self.decoder = _session(
-            decoder_path, session_options(intra_op_num_threads, decoder_mem_arena), providers
-        )
-        enc_inputs = self.encoder.get_inputs()
-        if len(enc_inputs) != 1 or list(enc_inputs[0].shape)[1:] != [3, 1024, 1024]:
-            raise OnnxModelError(
-                f"{encoder_path}: expected one encoder input of shape (1, 3, 1024, 1024), got "
-                f"{[(i.name, i.shape) for i in enc_inputs]}"
-            )
-        self._enc_input = enc_inputs[0].name
-        out_names = [o.name for o in self.encoder.get_outputs()]
-        self._enc_output = "image_embeddings" if "image_embeddings" in out_names else out_names[0]
+        caps = capabilities if capabilities is not None else read_capabilities(encoder_path, decoder_path)
+        plan = device if isinstance(device, ExecutionPlan) else resolve_providers(device)
+        self.capabilities = caps
+        self.execution = plan
+        self.encoder = _session(encoder_path, session_options(intra_op_num_threads), plan)
+        self.decoder = _session(decoder_path, session_options(intra_op_num_threads, decoder_mem_arena), plan)
+        #: Providers onnxruntime actually attached (the encoder's session), in priority order.
+        self.providers: list[str] = list(self.encoder.get_providers())
+        self._enc_input = caps.encoder_input
+        self._enc_output = caps.encoder_output
         #: The encoder also emits the region proposal maps (exported with an RPN head).
-        self.has_proposals = {"proposal_logits", "proposal_ltrb"} <= set(out_names)
-        self.flavour = detect_decoder_flavour(self.decoder)
-        self.supports_mask_input = self.flavour == "edgesam-backend"
-        self._official_stability = self.flavour == "official" and _official_scores_are_stability(decoder_path)
+        self.has_proposals = caps.has_proposals
+        self.flavour = caps.flavour
+        self.supports_mask_input = caps.supports_mask_input
+        self._official_stability = caps.official_scores_are_stability
 
     def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.encoder.run([self._enc_output], {self._enc_input: x})[0]
@@ -135,7 +110,7 @@ class OnnxPredictor(BasePredictor):
         mask_input: NDArray[np.float32] | None,
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
         b = coords.shape[0]
-        if self.flavour == "edgesam-backend":
+        if self.flavour == FLAVOUR_OURS:
             has = np.ones(b, np.float32) if mask_input is not None else np.zeros(b, np.float32)
             if mask_input is None:
                 mask_input = np.zeros((b, 1, 256, 256), np.float32)

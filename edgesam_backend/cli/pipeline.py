@@ -1,4 +1,4 @@
-"""``edgesam run | validate | schema`` (wired into :mod:`edgesam_backend.cli`)."""
+"""``edgesam run | validate | schema``: the YAML pipeline DSL (see ``edgesam_backend/pipeline``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .common import CliError, add_device_argument
+
 DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
-COMMANDS = ("run", "validate", "schema")
 
 
-def add_arguments(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     sets = {
         "action": "append",
         "default": [],
@@ -25,10 +26,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--output-dir", type=Path, help="override output_dir (relative to the current directory)")
     r.add_argument("--executor", choices=("local", "ray"), help="override the executor type")
     r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    add_device_argument(r)
+    r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files)")
     v.add_argument("pipeline", type=Path)
     v.add_argument("--set", dest="overrides", **sets)
     v.add_argument("--no-check-paths", action="store_true", help="do not require input files to exist")
+    v.set_defaults(func=cmd_validate)
     s = sub.add_parser(
         "schema", help="write the pipeline JSON Schema (default: schemas/pipeline.schema.json)"
     )
@@ -39,60 +43,71 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="include third-party steps (the committed schema has built-ins only)",
     )
+    s.set_defaults(func=cmd_schema)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     out = list(args.overrides)
     if getattr(args, "output_dir", None) is not None:
         out.append(f"output_dir={json.dumps(str(args.output_dir.resolve()))}")
+    if getattr(args, "device", None) is not None:
+        out.append(f"model.device={json.dumps(args.device)}")
     return out
 
 
-def run_command(args: argparse.Namespace, error_cls: type[Exception]) -> int:
-    """Dispatch one of :data:`COMMANDS`; user errors are raised as ``error_cls(message)``."""
-    from ..yamlconfig import ConfigError
-    from .base import PipelineError
-    from .config import load_pipeline, schema_text
+def cmd_schema(args: argparse.Namespace) -> int:
+    from ..pipeline.config import schema_text
 
-    if args.command == "schema":
-        text = schema_text(builtins_only=not args.all_steps)
-        if args.out == "-":
-            sys.stdout.write(text)
-            return 0
-        out = Path(args.out)
-        if args.check:
-            current = out.read_text(encoding="utf-8") if out.is_file() else None
-            if current != text:
-                print(f"edgesam: {out} is out of date: run `edgesam schema`", file=sys.stderr)
-                return 1
-            print(json.dumps({"schema": str(out), "up_to_date": True}))
-            return 0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        print(json.dumps({"schema": str(out)}))
+    text = schema_text(builtins_only=not args.all_steps)
+    if args.out == "-":
+        sys.stdout.write(text)
         return 0
+    out = Path(args.out)
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else None
+        if current != text:
+            print(f"edgesam: {out} is out of date: run `edgesam schema`", file=sys.stderr)
+            return 1
+        print(json.dumps({"schema": str(out), "up_to_date": True}))
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(json.dumps({"schema": str(out)}))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from ..pipeline.config import load_pipeline
+    from ..yamlconfig import ConfigError
 
     try:
-        pipe = load_pipeline(
+        return load_pipeline(
             args.pipeline, _overrides(args), check_paths=not getattr(args, "no_check_paths", False)
         )
     except ConfigError as exc:
-        raise error_cls(str(exc)) from None
-    if args.command == "validate":
-        steps = [s.kind for s in pipe.steps]  # type: ignore[attr-defined]
-        info: dict[str, Any] = {
-            "valid": True,
-            "pipeline": str(args.pipeline),
-            "steps": steps,
-            "executor": pipe.executor.type,
-            "output_dir": pipe.output_dir,
-            "checked": ["yaml", "env", "pydantic", "step order", "files", "jsonschema"],
-        }
-        print(json.dumps(info))
-        return 0
+        raise CliError(str(exc)) from None
 
-    from .runner import PipelineStopped, run_pipeline
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipe = _load(args)
+    steps = [s.kind for s in pipe.steps]
+    info: dict[str, Any] = {
+        "valid": True,
+        "pipeline": str(args.pipeline),
+        "steps": steps,
+        "executor": pipe.executor.type,
+        "output_dir": pipe.output_dir,
+        "checked": ["yaml", "env", "pydantic", "step order", "files", "jsonschema"],
+    }
+    print(json.dumps(info))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..pipeline.base import PipelineError
+    from ..pipeline.runner import PipelineStopped, run_pipeline
+
+    pipe = _load(args)
     try:
         summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
     except PipelineStopped as exc:
@@ -100,9 +115,6 @@ def run_command(args: argparse.Namespace, error_cls: type[Exception]) -> int:
         print(f"edgesam: error: {exc}", file=sys.stderr)
         return 1
     except PipelineError as exc:
-        raise error_cls(str(exc)) from None
+        raise CliError(str(exc)) from None
     print(json.dumps(summary))
     return 0
-
-
-__all__ = ["COMMANDS", "add_arguments", "run_command"]

@@ -30,17 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..fileio import file_sha256
+from ..model.checkpoint import load_edge_sam
+from ..model.edge_sam import EdgeSam
+from ..model.repvit import Conv2d_BN, RepVGGDW, RepViT
+from ..model.upsample import Bicubic2xConvUpsample, UpSampleLayer
 from ..runtime import transforms
 from ..runtime.base import ImageEmbedding
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
-from ..runtime.onnx_metadata import update_metadata
+from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
 from ..runtime.prompts import pack_prompt
-from ..weights import file_sha256
-from .checkpoint import load_edge_sam
-from .edge_sam import EdgeSam
-from .fast_decoder import FastDecoderOnnxModel
-from .repvit import Conv2d_BN, RepVGGDW, RepViT
-from .upsample import Bicubic2xConvUpsample, UpSampleLayer
+from ..model.fast_decoder import FastDecoderOnnxModel
+from .metadata import update_metadata
 
 FORMAT_VERSION = "1"
 DEFAULT_OPSET = 17
@@ -209,8 +210,8 @@ def validate_export(
     image: np.ndarray | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Compare onnxruntime with the PyTorch model; raise :class:`ExportError` beyond ``tolerance``."""
+    from ..model.predictor import TorchPredictor
     from ..runtime.predictor import OnnxPredictor
-    from .predictor import TorchPredictor
 
     image = _validation_image() if image is None else image
     tp = TorchPredictor(model)
@@ -288,7 +289,7 @@ def export_onnx(
     }
     dec_meta = {"edgesam.decoder_graph": "fast" if fast_decoder else "plain"}
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        enc_tmp, dec_tmp = Path(tmp) / "encoder.onnx", Path(tmp) / "decoder.onnx"
+        enc_tmp, dec_tmp = Path(tmp) / ENCODER_FILE, Path(tmp) / DECODER_FILE
         export_encoder(model, enc_tmp, opset)
         export_decoder(model, dec_tmp, opset, fast=fast_decoder)
         update_metadata(enc_tmp, {**meta, "edgesam.role": "encoder"})
@@ -296,7 +297,7 @@ def export_onnx(
         enc_diff, dec_diff = (
             validate_export(model, enc_tmp, dec_tmp, tolerance) if validate else (float("nan"), {})
         )
-        enc_path, dec_path = out / "encoder.onnx", out / "decoder.onnx"
+        enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
         os.replace(enc_tmp, enc_path)
         os.replace(dec_tmp, dec_path)
     return ExportResult(enc_path, dec_path, enc_diff, dec_diff)

@@ -1,0 +1,46 @@
+"""Shared pieces of the ``edgesam`` command line: the user-error type and argument parsers."""
+
+from __future__ import annotations
+
+import argparse
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``edgesam: error: ...`` with exit code 2."""
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``X,Y,LABEL`` (original-image pixels; label 1 positive, 0 negative)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        x, y, label = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,LABEL (pixels, label 1 or 0), got {text!r}") from None
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point label must be 1 (positive) or 0 (negative), got {label}")
+    return x, y, label
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` (original-image pixels)."""
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+        if len(vals) != 4:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1 (pixels), got {text!r}") from None
+    return vals  # type: ignore[return-value]
+
+
+def add_device_argument(p: argparse.ArgumentParser, env: str | None = None) -> None:
+    """``--device`` (onnxruntime execution providers; see ``runtime/providers.py``)."""
+    where = f"env {env}, " if env else ""
+    p.add_argument(
+        "--device",
+        default=None,
+        help=f"cpu, cuda[:N], tensorrt[:N], openvino, coreml or auto ({where}default cpu)",
+    )

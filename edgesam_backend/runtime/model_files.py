@@ -1,0 +1,134 @@
+"""EdgeSAM ONNX file names and what a pair of files can do, read from the graphs with ``onnx``.
+
+This is the one place that knows the file names (``encoder.onnx``, ``decoder.onnx``,
+``encoder.int8.onnx``) and the one place that inspects an encoder/decoder pair. Only graph
+inputs/outputs, metadata and node types are read (``load_external_data=False``; no session is built).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+#: Static-int8 encoder written by ``edgesam export --int8`` next to :data:`ENCODER_FILE`.
+INT8_ENCODER_FILE = "encoder.int8.onnx"
+
+OURS_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+PROPOSAL_OUTPUTS = ("proposal_logits", "proposal_ltrb")
+
+FLAVOUR_OURS = "edgesam-backend"
+FLAVOUR_OFFICIAL = "official"
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file is missing or is not an EdgeSAM encoder/decoder this runtime understands."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an encoder/decoder pair offers.
+
+    Attributes:
+        flavour: ``"edgesam-backend"`` (our export: batched decoder, mask input, 4 tokens with IoU and
+            stability) or ``"official"`` (the authors' files: batch 1, no mask input, one ``scores``).
+        supports_mask_input: the decoder takes ``mask_input (B, 1, 256, 256)`` low-res logits.
+        has_proposals: the encoder also emits ``proposal_logits`` / ``proposal_ltrb`` (RPN head).
+        official_scores_are_stability: official decoder whose ``scores`` are stability scores (a
+            ``Div`` produces them; exported with ``--use-stability-score``), else raw IoU.
+        encoder_input: name of the encoder's image input ``(1, 3, 1024, 1024)``.
+        encoder_output: name of the ``(1, 256, 64, 64)`` embedding output.
+        int8: the encoder holds QuantizeLinear/DequantizeLinear nodes.
+        upsample_mode: ``edgesam.upsample_mode`` metadata of the encoder (``"bicubic"`` for our export;
+            ``None`` for files without it, e.g. the official bilinear encoder).
+    """
+
+    flavour: str
+    supports_mask_input: bool
+    has_proposals: bool
+    official_scores_are_stability: bool
+    encoder_input: str
+    encoder_output: str
+    int8: bool
+    upsample_mode: str | None
+
+
+def _load_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxModelError(f"ONNX file not found: {p}")
+    try:
+        return onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise OnnxModelError(f"cannot load {p}: {exc}") from exc
+
+
+def _inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    init = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+
+
+def decoder_flavour(names: tuple[str, ...] | list[str]) -> str:
+    """``"edgesam-backend"`` or ``"official"`` from the decoder's input names; raises otherwise."""
+    if set(names) == set(OURS_DECODER_INPUTS):
+        return FLAVOUR_OURS
+    if set(names) == set(OFFICIAL_DECODER_INPUTS):
+        return FLAVOUR_OFFICIAL
+    hint = " (this looks like SAM's ONNX decoder, not EdgeSAM's)" if "orig_im_size" in names else ""
+    raise OnnxModelError(f"unrecognised EdgeSAM decoder inputs {tuple(names)}{hint}")
+
+
+def check_encoder(model: onnx.ModelProto, path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(input name, embedding output name)`` of an encoder graph; raises if it is not one."""
+    ins = _inputs(model)
+    if len(ins) != 1 or _dims(ins[0])[1:] != [3, 1024, 1024]:
+        raise OnnxModelError(
+            f"{path}: expected one encoder input of shape (1, 3, 1024, 1024), got "
+            f"{[(i.name, _dims(i)) for i in ins]}"
+        )
+    outs = [o.name for o in model.graph.output]
+    if not outs:
+        raise OnnxModelError(f"{path}: the encoder has no outputs")
+    return ins[0].name, ("image_embeddings" if "image_embeddings" in outs else outs[0])
+
+
+def check_decoder(model: onnx.ModelProto) -> str:
+    """The decoder's flavour (see :func:`decoder_flavour`); raises if it is not an EdgeSAM decoder."""
+    return decoder_flavour([i.name for i in _inputs(model)])
+
+
+def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str]) -> Capabilities:
+    """Inspect an encoder/decoder pair (graphs only). Raises :class:`OnnxModelError`."""
+    enc, dec = _load_graph(encoder), _load_graph(decoder)
+    enc_in, enc_out = check_encoder(enc, encoder)
+    flavour = check_decoder(dec)
+    producers = {o: n.op_type for n in dec.graph.node for o in n.output}
+    scores = next((o.name for o in dec.graph.output if o.name == "scores"), None)
+    meta = {p.key: p.value for p in enc.metadata_props}
+    return Capabilities(
+        flavour=flavour,
+        supports_mask_input=flavour == FLAVOUR_OURS,
+        has_proposals=set(PROPOSAL_OUTPUTS) <= {o.name for o in enc.graph.output},
+        official_scores_are_stability=flavour == FLAVOUR_OFFICIAL
+        and scores is not None
+        and producers.get(scores) == "Div",
+        encoder_input=enc_in,
+        encoder_output=enc_out,
+        int8=any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in enc.graph.node),
+        upsample_mode=meta.get("edgesam.upsample_mode"),
+    )
+
+
+def onnx_files(onnx_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(encoder.onnx, decoder.onnx)`` inside ``onnx_dir`` (not checked for existence)."""
+    d = Path(onnx_dir)
+    return d / ENCODER_FILE, d / DECODER_FILE
