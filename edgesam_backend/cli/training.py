@@ -1,5 +1,5 @@
-"""``edgesam train-rpn``, ``finetune``, ``synthetic-data``, ``distill phase1|phase2|cache`` and ``eval`` (need torch,
-except ``synthetic-data``; see ``edgesam_backend/training``)."""
+"""``edgesam train-rpn``, ``finetune``, ``synthetic-data``, ``distill phase1|phase2|cache`` and ``eval``
+(need torch, except ``synthetic-data``; see ``edgesam_backend/training``)."""
 
 from __future__ import annotations
 
