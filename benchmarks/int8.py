@@ -103,10 +103,10 @@ def score(
     threads: int,
 ) -> dict[str, Any]:
     from edgesam_backend.export.agreement import agreement
-    from edgesam_backend.runtime.model_files import ENCODER_FILE
+    from edgesam_backend.runtime.model_files import DECODER_FILE, ENCODER_FILE
     from edgesam_backend.runtime.predictor import OnnxPredictor
 
-    dec = fp32_dir / "decoder.onnx"
+    dec = fp32_dir / DECODER_FILE
     p32 = OnnxPredictor(fp32_dir / ENCODER_FILE, dec, threads)
     p8 = OnnxPredictor(int8_path, dec, threads)
     res = agreement(p32, p8, images)

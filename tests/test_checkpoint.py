@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgesam_backend.export.onnx import reparameterize_encoder
 from edgesam_backend.model.checkpoint import CheckpointError, load_edge_sam, load_state_dict_file
 from edgesam_backend.model.edge_sam import build_edge_sam
-from edgesam_backend.export.onnx import reparameterize_encoder
 from edgesam_backend.model.repvit import RepViT
 
 from .conftest import CHECKPOINT, requires_shared

@@ -109,6 +109,7 @@ def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
     assert rc == 0, err
     n = len(ALL_IMAGES)
     assert summary["images"] == summary["processed"] == n and summary["failed"] == 0
+    assert summary["device"] == "cpu" and summary["providers"] == ["CPUExecutionProvider"]
     assert "img/s" in err and "ETA" in err
     coco = COCO(str(out / "coco.json"))
     assert len(coco.imgs) == n and len(coco.anns) == summary["masks"] > 0
@@ -119,6 +120,14 @@ def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
     rc, again, _ = run_main([*args, "--quiet"], capsys)
     assert rc == 0 and again["skipped"] == n and again["processed"] == 0
     assert tree(out) == first
+    # --device reaches the model block; a provider this onnxruntime lacks is refused before any work
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        rc, _, err = run_main([*args, "--quiet", "--device", "cuda:1"], capsys)
+        assert rc == 2 and "model: device 'cuda:1'" in err and "onnxruntime-gpu" in err
+    rc, _, err = run_main([*args, "--quiet", "--device", "gpu"], capsys)
+    assert rc == 2 and "unknown device 'gpu'" in err
 
 
 @pytest.mark.slow
@@ -418,8 +427,8 @@ def rpn_onnx_dir(tmp_path_factory):
     torch = pytest.importorskip("torch")
     if not CHECKPOINT.is_file():
         pytest.skip("needs the shared reference weights")
-    from edgesam_backend.model.checkpoint import load_edge_sam
     from edgesam_backend.export.onnx import export_onnx
+    from edgesam_backend.model.checkpoint import load_edge_sam
 
     torch.manual_seed(0)
     model = load_edge_sam(CHECKPOINT, with_rpn=True)

@@ -40,6 +40,7 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from ..runtime.image import ImageError
+from ..runtime.model_files import is_quantized
 from .calibration import ImageCalibrationReader, check_images
 from .metadata import read_metadata, update_metadata
 from .rewrites import fuse_gelu, spatial_means_to_pooling
@@ -186,5 +187,4 @@ def _write_metadata(src: Path, path: Path, extra: dict[str, str]) -> None:
 
 def is_int8_model(path: str | os.PathLike[str]) -> bool:
     """Whether an ONNX file contains QuantizeLinear/DequantizeLinear nodes."""
-    m = onnx.load(str(path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+    return is_quantized(onnx.load(str(path), load_external_data=False))

@@ -106,6 +106,11 @@ def check_decoder(model: onnx.ModelProto) -> str:
     return decoder_flavour([i.name for i in _inputs(model)])
 
 
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether the graph holds QuantizeLinear/DequantizeLinear nodes (a static-int8 QDQ model)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
 def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str]) -> Capabilities:
     """Inspect an encoder/decoder pair (graphs only). Raises :class:`OnnxModelError`."""
     enc, dec = _load_graph(encoder), _load_graph(decoder)
@@ -123,7 +128,7 @@ def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLik
         and producers.get(scores) == "Div",
         encoder_input=enc_in,
         encoder_output=enc_out,
-        int8=any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in enc.graph.node),
+        int8=is_quantized(enc),
         upsample_mode=meta.get("edgesam.upsample_mode"),
     )
 
