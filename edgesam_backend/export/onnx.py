@@ -33,6 +33,7 @@ from torch import nn
 from ..fileio import file_sha256
 from ..model.checkpoint import load_edge_sam
 from ..model.edge_sam import EdgeSam
+from ..model.fast_decoder import FastDecoderOnnxModel
 from ..model.repvit import Conv2d_BN, RepVGGDW, RepViT
 from ..model.upsample import Bicubic2xConvUpsample, UpSampleLayer
 from ..runtime import transforms
@@ -40,7 +41,6 @@ from ..runtime.base import ImageEmbedding
 from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
 from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
 from ..runtime.prompts import pack_prompt
-from ..model.fast_decoder import FastDecoderOnnxModel
 from .metadata import update_metadata
 
 FORMAT_VERSION = "1"
