@@ -87,7 +87,7 @@ def flops(model, fast: bool) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from edgesam_backend.model.export import DecoderOnnxModel
+    from edgesam_backend.export.onnx import DecoderOnnxModel
     from edgesam_backend.model.fast_decoder import FastDecoderOnnxModel
 
     w = FastDecoderOnnxModel(model.prompt_encoder, model.mask_decoder) if fast else DecoderOnnxModel(model)
@@ -131,8 +131,8 @@ def main() -> None:
 
     import onnxruntime
 
+    from edgesam_backend.export.onnx import export_decoder
     from edgesam_backend.model.checkpoint import load_edge_sam
-    from edgesam_backend.model.export import export_decoder
 
     model = load_edge_sam(args.checkpoint)
     tmp = Path(tempfile.mkdtemp(prefix="edgesam-decoder-bench-"))

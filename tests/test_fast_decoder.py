@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from edgesam_backend.export.onnx import DecoderOnnxModel, export_decoder
 from edgesam_backend.model.checkpoint import load_edge_sam
-from edgesam_backend.model.export import DecoderOnnxModel, export_decoder
 from edgesam_backend.model.fast_decoder import FastDecoderOnnxModel
 from edgesam_backend.runtime.base import pack_prompt
 from edgesam_backend.runtime.masks import stability_score
