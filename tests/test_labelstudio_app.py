@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from edgesam_backend.formats.labelstudio import coords
+from edgesam_backend.formats.labelstudio.rle import rle_to_mask
 from edgesam_backend.labelstudio.app import create_app
 from edgesam_backend.labelstudio.images import ImageFetcher
-from edgesam_backend.labelstudio.rle import rle_to_mask
 from edgesam_backend.labelstudio.settings import Settings
-from edgesam_backend.runtime import transforms
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
@@ -202,7 +202,7 @@ def test_interactive_single_point(client, onnx_predictor, emb1) -> None:
     assert region["value"]["brushlabels"] == ["Foreground"] and region["value"]["format"] == "rle"
     assert (region["original_width"], region["original_height"]) == (640, 428)
     assert res["model_version"] == "edgesam-test"
-    pts = transforms.percent_to_pixels([[43.773, 45.807]], 640, 428)
+    pts = coords.percent_to_pixels([[43.773, 45.807]], 640, 428)
     pred = onnx_predictor.predict(pts, [1], num_multimask_outputs=3, embedding=emb)
     best = pred.best("stability")
     assert np.array_equal(_mask(region), pred.masks[best])
@@ -213,13 +213,13 @@ def test_interactive_points_and_box(client, onnx_predictor, emb1) -> None:
     _, emb = emb1
     ctx = [_kp(43.773, 45.807), _kp(15.659, 20.817, False), _kp(70.1, 60.2, None)]
     (region,) = _predict(client, ctx).json()["results"][0]["result"]
-    pts = transforms.percent_to_pixels([[43.773, 45.807], [15.659, 20.817], [70.1, 60.2]], 640, 428)
+    pts = coords.percent_to_pixels([[43.773, 45.807], [15.659, 20.817], [70.1, 60.2]], 640, 428)
     want = onnx_predictor.predict(pts, [1, 0, 1], num_multimask_outputs=1, embedding=emb).masks[0]
     assert np.array_equal(_mask(region), want)
 
     (region,) = _predict(client, [_rect(24.1, 30.4, 44.9, 39.1)]).json()["results"][0]["result"]
     assert region["value"]["brushlabels"] == ["Background"]  # the prompt's label
-    box = transforms.percent_to_pixels([[24.1, 30.4], [24.1 + 44.9, 30.4 + 39.1]], 640, 428).reshape(-1)
+    box = coords.percent_to_pixels([[24.1, 30.4], [24.1 + 44.9, 30.4 + 39.1]], 640, 428).reshape(-1)
     want = onnx_predictor.predict(box=box, num_multimask_outputs=1, embedding=emb).masks[0]
     assert np.array_equal(_mask(region), want)
 
@@ -231,7 +231,7 @@ def test_interactive_mask_choice_per_project(client, onnx_predictor, emb1) -> No
     )
     assert r.status_code == 200
     (region,) = _predict(client, [_kp(43.773, 45.807)], project="5.1").json()["results"][0]["result"]
-    pts = transforms.percent_to_pixels([[43.773, 45.807]], 640, 428)
+    pts = coords.percent_to_pixels([[43.773, 45.807]], 640, 428)
     want = onnx_predictor.predict(pts, [1], num_multimask_outputs=1, embedding=emb).masks[0]
     assert np.array_equal(_mask(region), want)
 
@@ -246,7 +246,7 @@ def test_interactive_exif_orientation(client, onnx_predictor) -> None:
         client, [_kp(30.5, 62.25, w=w, h=h)], image="/data/local-files/?d=images/exif8.jpg"
     ).json()["results"][0]["result"]
     assert (region["original_width"], region["original_height"]) == (w, h)
-    pts = transforms.percent_to_pixels([[30.5, 62.25]], w, h)
+    pts = coords.percent_to_pixels([[30.5, 62.25]], w, h)
     pred = onnx_predictor.predict(pts, [1], num_multimask_outputs=3, embedding=onnx_predictor.encode(shown))
     assert np.array_equal(_mask(region), pred.masks[pred.best("stability")])
 
@@ -257,10 +257,10 @@ def test_interactive_rotated_view_coordinates(client, onnx_predictor, emb1) -> N
     _, emb = emb1
     (region,) = _predict(client, [_kp(35.0, 55.0, w=428, h=640, rot=90)]).json()["results"][0]["result"]
     assert (region["original_width"], region["original_height"], region["image_rotation"]) == (428, 640, 90)
-    view_px = transforms.percent_to_pixels([[35.0, 55.0]], 428, 640)
-    pts = transforms.unrotate_points(view_px, 640, 428, 90)
+    view_px = coords.percent_to_pixels([[35.0, 55.0]], 428, 640)
+    pts = coords.unrotate_points(view_px, 640, 428, 90)
     pred = onnx_predictor.predict(pts, [1], num_multimask_outputs=3, embedding=emb)
-    want = transforms.rotate_mask(pred.masks[pred.best("stability")], 90)
+    want = coords.rotate_mask(pred.masks[pred.best("stability")], 90)
     assert np.array_equal(_mask(region), want)
 
 

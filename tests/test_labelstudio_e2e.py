@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgesam_backend.labelstudio.rle import rle_to_mask
-from edgesam_backend.runtime import transforms
+from edgesam_backend.formats.labelstudio import coords
+from edgesam_backend.formats.labelstudio.rle import rle_to_mask
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
@@ -55,7 +55,7 @@ def ls_venv() -> Path:
 
 def test_rle_matches_label_studio_sdk(ls_venv: Path, tmp_path: Path) -> None:
     """Our encoder vs the sdk's ``mask2rle`` (byte-identical) and its ``decode_rle`` (both ways)."""
-    from edgesam_backend.labelstudio.rle import mask_to_rle
+    from edgesam_backend.formats.labelstudio.rle import mask_to_rle
 
     rng = np.random.default_rng(0)
     masks = {
@@ -155,12 +155,12 @@ def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:
     rects = [c for c in ctx if c["type"] == "rectanglelabels"]
     if rects:
         v = rects[-1]["value"]
-        corners = transforms.percent_to_pixels(
+        corners = coords.percent_to_pixels(
             [[v["x"], v["y"]], [v["x"] + v["width"], v["y"] + v["height"]]], w, h
         )
         pred = predictor.predict(box=corners.reshape(-1), num_multimask_outputs=1, embedding=emb)
         return pred.masks[0]
-    pts = transforms.percent_to_pixels([[c["value"]["x"], c["value"]["y"]] for c in kps], w, h)
+    pts = coords.percent_to_pixels([[c["value"]["x"], c["value"]["y"]] for c in kps], w, h)
     labels = [0 if c.get("is_positive") is False else 1 for c in kps]
     if len(kps) == 1:
         pred = predictor.predict(pts, labels, num_multimask_outputs=3, embedding=emb)

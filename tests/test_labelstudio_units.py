@@ -1,5 +1,5 @@
-"""Label Studio backend units without a model: config parsing, RLE, coordinates, context, settings,
-cache, image fetching (auth, SSRF guard, limits), metrics."""
+"""Label Studio backend units without a model: config parsing, context, settings, cache, image
+fetching (auth, SSRF guard, limits), metrics. (RLE and coordinates: tests/test_formats.py.)"""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgesam_backend.formats.labelstudio import coords
 from edgesam_backend.labelstudio.cache import EmbeddingLRU, SingleFlight, UrlIndex
 from edgesam_backend.labelstudio.config import LabelConfigError, parse_label_config
 from edgesam_backend.labelstudio.context import parse_context, to_pixels
 from edgesam_backend.labelstudio.errors import BackendError
 from edgesam_backend.labelstudio.images import ImageFetcher, decode_image
 from edgesam_backend.labelstudio.metrics import Metrics
-from edgesam_backend.labelstudio.rle import RLEError, mask_to_rle, rle_decode, rle_to_mask
 from edgesam_backend.labelstudio.settings import Settings, SettingsError
-from edgesam_backend.runtime import transforms
 
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
@@ -92,97 +91,6 @@ def test_config_errors(xml: str, message: str) -> None:
         parse_label_config(xml)
 
 
-# --- RLE ------------------------------------------------------------------------------------------
-
-
-def test_rle_header_and_round_trip() -> None:
-    m = np.zeros((480, 640), bool)
-    m[140:300, 200:360] = True
-    rle = mask_to_rle(m)
-    assert rle[:4] == [0, 18, 192, 0]  # 640*480*4 = 1228800 values (protocol doc §2.1)
-    assert all(isinstance(v, int) and 0 <= v <= 255 for v in rle)
-    assert np.array_equal(rle_to_mask(rle, 480, 640), m.astype(np.uint8) * 255)
-    flat = rle_decode(rle)
-    assert flat.shape == (480 * 640 * 4,) and set(np.unique(flat)) == {0, 255}
-
-
-@pytest.mark.parametrize(
-    "shape_kind",
-    [((1, 1), "full"), ((3, 5), "noise"), ((97, 131), "noise"), ((700, 300), "full"), ((512, 512), "empty")],
-)
-def test_rle_round_trip_shapes(shape_kind) -> None:
-    (h, w), kind = shape_kind
-    rng = np.random.default_rng(h * w)
-    m = {"full": np.ones((h, w), bool), "empty": np.zeros((h, w), bool), "noise": rng.random((h, w)) > 0.5}[
-        kind
-    ]
-    assert np.array_equal(rle_to_mask(mask_to_rle(m), h, w) == 255, m)
-    # non-bool input: any non-zero value is foreground
-    assert mask_to_rle(m.astype(np.uint8) * 7) == mask_to_rle(m)
-
-
-def test_rle_long_runs_split_at_65536() -> None:
-    m = np.zeros((300, 1000), bool)  # 1.2 M values of 0 → 19 run records
-    m[150:, 500:] = True
-    assert np.array_equal(rle_to_mask(mask_to_rle(m), 300, 1000) == 255, m)
-
-
-def test_rle_decodes_literal_records() -> None:
-    # header: num=3, word 8, sizes 3/4/8/16; one literal record of 3 values 1, 2, 3
-    bits = f"{3:032b}" + f"{7:05b}" + "".join(f"{s - 1:04b}" for s in (3, 4, 8, 16))
-    bits += "0" + "00" + f"{2:03b}" + "".join(f"{v:08b}" for v in (1, 2, 3))
-    bits += "0" * (-len(bits) % 8)
-    rle = [int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)]
-    assert rle_decode(rle).tolist() == [1, 2, 3]
-
-
-def test_rle_errors() -> None:
-    rle = mask_to_rle(np.ones((4, 4), bool))
-    with pytest.raises(RLEError, match="expected 5x4x4"):
-        rle_to_mask(rle, 5, 4)
-    with pytest.raises(RLEError, match="ends in the middle"):
-        rle_decode(rle[:6])
-    with pytest.raises(RLEError, match="0-255"):
-        rle_decode([0, 300])
-    with pytest.raises(ValueError, match=r"\(H, W\)"):
-        mask_to_rle(np.ones((2, 2, 2)))
-
-
-# --- coordinates ------------------------------------------------------------------------------------
-
-
-def test_percent_to_pixels_keeps_floats() -> None:
-    px = transforms.percent_to_pixels([[43.773, 45.807], [100, 0]], 640, 480)
-    assert px.dtype == np.float64
-    np.testing.assert_allclose(px, [[43.773 / 100 * 640, 45.807 / 100 * 480], [640, 0]], rtol=0, atol=1e-12)
-    assert px[0, 0] != round(px[0, 0])  # not rounded to whole pixels
-    np.testing.assert_allclose(transforms.pixels_to_percent(px, 640, 480), [[43.773, 45.807], [100, 0]])
-
-
-@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
-def test_rotation_points_agree_with_rotated_masks(rotation: int) -> None:
-    w, h = 7, 5
-    rng = np.random.default_rng(rotation)
-    for _ in range(5):
-        r, c = int(rng.integers(h)), int(rng.integers(w))
-        m = np.zeros((h, w), bool)
-        m[r, c] = True
-        rm = transforms.rotate_mask(m, rotation)
-        assert rm.shape[::-1] == transforms.rotated_size(w, h, rotation)
-        ((rr, rc),) = np.argwhere(rm)
-        p = transforms.rotate_points([c + 0.5, r + 0.5], w, h, rotation)
-        np.testing.assert_allclose(p, [rc + 0.5, rr + 0.5])
-        np.testing.assert_allclose(transforms.unrotate_points(p, w, h, rotation), [c + 0.5, r + 0.5])
-
-
-def test_normalize_rotation() -> None:
-    assert transforms.normalize_rotation(None) == 0
-    assert transforms.normalize_rotation(-90) == 270
-    assert transforms.normalize_rotation(450.0) == 90
-    with pytest.raises(ValueError, match="multiple of 90"):
-        transforms.normalize_rotation(45)
-
-
 # --- interactive context ----------------------------------------------------------------------------
 
 
@@ -206,7 +114,7 @@ def test_context_keypoints_accumulate_with_signs() -> None:
     cfg = parse_label_config(CONFIG)
     raw = parse_context({"result": [_kp(10, 20), _kp(30, 40, False), _kp(50, 60, None)]}, cfg)
     assert raw.point_labels.tolist() == [1, 0, 1]  # a missing is_positive is positive
-    assert raw.label == "Foreground" and raw.box_pct is None
+    assert raw.label == "Foreground" and raw.rect is None
     px = to_pixels(raw, (480, 640))
     np.testing.assert_allclose(px.point_coords, [[64, 96], [192, 192], [320, 288]])
     assert px.box is None and px.output_rotation == 0
@@ -245,7 +153,7 @@ def test_context_rotation_in_the_rotated_frame() -> None:
     px = to_pixels(raw, (480, 640))
     assert px.output_rotation == 90 and px.image_rotation == 90
     view = [0.25 * 480, 0.5 * 640]
-    np.testing.assert_allclose(px.point_coords, [transforms.unrotate_points(view, 640, 480, 90)])
+    np.testing.assert_allclose(px.point_coords, [coords.unrotate_points(view, 640, 480, 90)])
     # LS 1.23.2 style (unrotated sizes): used as is, rotation echoed only
     raw = parse_context({"result": [_kp(25, 50, w=640, h=480, rot=90)]}, cfg)
     px = to_pixels(raw, (480, 640))

@@ -158,7 +158,7 @@ def test_example_boxes_from_coco(model_env, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_example_labelstudio_preannotation(model_env, tmp_path, monkeypatch, capsys):
-    from edgesam_backend.labelstudio.rle import rle_to_mask
+    from edgesam_backend.formats.labelstudio.rle import rle_to_mask
 
     dets = []
     for name in ALL_IMAGES[:6]:

@@ -177,13 +177,6 @@ def test_coco_source(tmp_path):
     assert len(crowd[0].annotations) == 2
 
 
-def test_labelstudio_url_mapping():
-    assert S.ls_url_to_relpath("/data/local-files/?d=imgs/a%20b.png") == "imgs/a b.png"
-    assert S.ls_url_to_relpath("/data/upload/3/abc-x.jpg") == "3/abc-x.jpg"
-    assert S.ls_url_to_relpath("https://host/bucket/p/c.jpg?sig=1") == "c.jpg"
-    assert S.ls_url_to_relpath("plain/d.jpg") == "plain/d.jpg"
-
-
 def test_labelstudio_source(tmp_path):
     root = tmp_path / "media"
     png(root / "imgs" / "a.png", 200, 100)
@@ -583,7 +576,7 @@ def test_coco_export_validation_catches_bad_output(tmp_path):
 
 
 def test_labelstudio_export_decodes_back(tmp_path):
-    from edgesam_backend.labelstudio.rle import rle_to_mask
+    from edgesam_backend.formats.labelstudio.rle import rle_to_mask
 
     items, results, run, ring = synthetic_results(tmp_path)
     out = run_export(LabelStudioExport(LabelStudioExportConfig(), ctx(tmp_path)), items, results, run)

@@ -5,7 +5,8 @@ as the one just drawn: smart keypoints (``is_positive`` true = positive, false =
 keypoint without ``is_positive`` counts as positive) or smart rectangles (the last one is the box
 prompt). Coordinates are percent of ``original_width``/``original_height``; they are converted to
 **float** pixels (``x / 100 * width``, not rounded; see
-:func:`edgesam_backend.runtime.transforms.percent_to_pixels`).
+:func:`edgesam_backend.formats.labelstudio.coords.percent_to_pixels`). A rectangle is kept in percent
+as Label Studio sent it and converted to a pixel box once, in :func:`to_pixels`.
 
 Rotation (``image_rotation``, clockwise degrees). Label Studio 1.23.2 rotates the view only: region
 percentages and ``original_width``/``height`` stay in the unrotated image's frame, so the prompt is
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..runtime import transforms
+from ..formats.labelstudio import coords
+from ..formats.labelstudio.coords import Rectangle
 from .config import LabelConfig
 from .errors import Unprocessable
 
@@ -38,7 +40,7 @@ class RawPrompt:
 
     points_pct: NDArray[np.float64]  # (N, 2)
     point_labels: NDArray[np.int64]  # (N,)
-    box_pct: NDArray[np.float64] | None  # (4,) XYXY percent
+    rect: Rectangle | None  # the last rectangle, percent of (width, height) as sent
     label: str | None
     to_name: str | None
     width: int  # original_width as sent
@@ -106,7 +108,7 @@ def parse_context(context: Any, config: LabelConfig) -> RawPrompt:
         raise Unprocessable("params.context.result must be a non-empty list of regions")
     points: list[tuple[float, float]] = []
     labels: list[int] = []
-    box: NDArray[np.float64] | None = None
+    rect: Rectangle | None = None
     label: str | None = None
     to_name: str | None = None
     size: tuple[int, int, int] | None = None
@@ -128,7 +130,7 @@ def parse_context(context: Any, config: LabelConfig) -> RawPrompt:
                 f"{where}: original_width/original_height must be positive integers, got {w}x{h}"
             )
         try:
-            rot = transforms.normalize_rotation(item.get("image_rotation") or 0)
+            rot = coords.normalize_rotation(item.get("image_rotation") or 0)
         except (ValueError, TypeError):
             raise Unprocessable(
                 f"{where}.image_rotation must be a multiple of 90 degrees, got {item.get('image_rotation')!r}"
@@ -152,13 +154,10 @@ def parse_context(context: Any, config: LabelConfig) -> RawPrompt:
             bh = _num(value.get("height"), f"{where}.value.height")
             if bw < 0 or bh < 0:
                 raise Unprocessable(f"{where}: rectangle width/height must be >= 0, got {bw:g}x{bh:g}")
-            x1 = _pct(x + bw, f"{where}.value.x + width", "original_width")
-            y1 = _pct(y + bh, f"{where}.value.y + height", "original_height")
-            rotation = value.get("rotation") or 0
-            if _num(rotation, f"{where}.value.rotation") % 360:
-                box = _rotated_rect_bounds(x, y, bw, bh, float(rotation), int(wf), int(hf))
-            else:
-                box = np.array([x, y, x1, y1], dtype=np.float64)  # the last rectangle wins
+            _pct(x + bw, f"{where}.value.x + width", "original_width")
+            _pct(y + bh, f"{where}.value.y + height", "original_height")
+            rotation = _num(value.get("rotation") or 0, f"{where}.value.rotation")
+            rect = Rectangle(x, y, bw, bh, rotation)  # the last rectangle wins
         labs = _labels_of(item, kind)
         if labs:
             label = labs[0]
@@ -182,7 +181,7 @@ def parse_context(context: Any, config: LabelConfig) -> RawPrompt:
     return RawPrompt(
         points_pct=np.asarray(points, dtype=np.float64).reshape(-1, 2),
         point_labels=np.asarray(labels, dtype=np.int64),
-        box_pct=box,
+        rect=rect,
         label=label,
         to_name=to_name,
         width=w,
@@ -191,45 +190,32 @@ def parse_context(context: Any, config: LabelConfig) -> RawPrompt:
     )
 
 
-def _rotated_rect_bounds(
-    x: float, y: float, w: float, h: float, angle: float, width: int, height: int
-) -> NDArray[np.float64]:
-    """Axis-aligned bounds (percent XYXY) of a rectangle rotated by ``angle`` degrees about its
-    top-left corner (Label Studio's convention; the rotation happens in pixel space)."""
-    a = math.radians(angle)
-    x0, y0 = x / 100 * width, y / 100 * height
-    ww, hh = w / 100 * width, h / 100 * height
-    corners = np.array([[0, 0], [ww, 0], [ww, hh], [0, hh]], dtype=np.float64)
-    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    pts = corners @ rot.T + [x0, y0]
-    lo = np.clip(pts.min(axis=0), 0, [width, height])
-    hi = np.clip(pts.max(axis=0), 0, [width, height])
-    return np.array([lo[0] / width * 100, lo[1] / height * 100, hi[0] / width * 100, hi[1] / height * 100])
-
-
 def to_pixels(raw: RawPrompt, image_hw: tuple[int, int]) -> PixelPrompt:
-    """Convert to the decoded image's frame (``image_hw`` = (H, W) after EXIF orientation)."""
+    """Convert to the decoded image's frame (``image_hw`` = (H, W) after EXIF orientation); every
+    percent value goes to pixels exactly once."""
     H, W = image_hw
     rot = raw.rotation
     rotated_frame = rot in (90, 270) and (raw.width, raw.height) == (H, W) and H != W
+    coords_px = None
+    box = None
     if rotated_frame:
         # coordinates are in the rotated view (W' = H, H' = W): to pixels there, then rotate back
-        def conv(p: NDArray[np.float64]) -> NDArray[np.float64]:
-            px = transforms.percent_to_pixels(p, raw.width, raw.height)
-            return transforms.unrotate_points(px, W, H, rot)
+        if raw.n_points:
+            view = coords.percent_to_pixels(raw.points_pct, raw.width, raw.height)
+            coords_px = coords.unrotate_points(view, W, H, rot)
+        if raw.rect is not None:
+            view_box = raw.rect.to_box(raw.width, raw.height).reshape(2, 2)
+            corners = coords.unrotate_points(view_box, W, H, rot)
+            box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
     else:
         # Label Studio 1.23.2: the unrotated frame. Percentages are relative, so a differing
         # original size (should not happen) is resolved in favour of the decoded image.
-        def conv(p: NDArray[np.float64]) -> NDArray[np.float64]:
-            return transforms.percent_to_pixels(p, W, H)
-
-    coords = conv(raw.points_pct) if raw.n_points else None
-    box = None
-    if raw.box_pct is not None:
-        corners = conv(raw.box_pct.reshape(2, 2))
-        box = np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+        if raw.n_points:
+            coords_px = coords.percent_to_pixels(raw.points_pct, W, H)
+        if raw.rect is not None:
+            box = raw.rect.to_box(W, H)
     return PixelPrompt(
-        point_coords=coords,
+        point_coords=coords_px,
         point_labels=raw.point_labels.copy() if raw.n_points else None,
         box=box,
         output_rotation=rot if rotated_frame else 0,

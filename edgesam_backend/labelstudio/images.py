@@ -35,12 +35,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from urllib.parse import parse_qs, unquote, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from ..formats.labelstudio.urls import UnsafePathError, local_files_path
 from ..runtime.image import ImageError, load_image
 from .errors import BadRequest, ImageFetchError
 from .settings import Settings
@@ -260,20 +261,15 @@ class ImageFetcher:
             raise BadRequest(f"path traversal ('..') is not allowed in image URL {url!r}")
 
     def _local_file(self, rel_url: str) -> bytes | None:
-        """Serve ``/data/local-files/?d=...``; ``None`` when it must be downloaded instead."""
-        u = urlsplit(rel_url)
-        if u.path.rstrip("/") != "/data/local-files":
+        """Serve ``/data/local-files/?d=...`` (the path rule of
+        :mod:`edgesam_backend.formats.labelstudio.urls`); ``None`` when it must be downloaded instead."""
+        try:
+            d = local_files_path(rel_url)
+        except UnsafePathError as exc:
+            raise BadRequest(str(exc)) from None
+        if d is None or self.local_root is None:
             return None
-        ds = parse_qs(u.query, keep_blank_values=True).get("d")
-        if not ds or not ds[0]:
-            raise BadRequest(f"local-files URL {rel_url!r} has no ?d=<path>")
-        d = ds[0]
-        p = PurePosixPath(d.replace("\\", "/"))
-        if p.is_absolute() or ".." in p.parts or "\x00" in d or (len(d) > 1 and d[1] == ":"):
-            raise BadRequest(f"path traversal is not allowed in local-files path {d!r}")
-        if self.local_root is None:
-            return None
-        target = (self.local_root / Path(*p.parts)).resolve()
+        target = (self.local_root / Path(*PurePosixPath(d.replace("\\", "/")).parts)).resolve()
         if not target.is_relative_to(self.local_root):
             raise BadRequest(f"local-files path {d!r} resolves outside LOCAL_FILES_DOCUMENT_ROOT")
         if not target.is_file():

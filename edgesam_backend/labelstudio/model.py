@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..formats.labelstudio.coords import rotate_mask
 from ..runtime.base import BasePredictor, ImageEmbedding
 from ..runtime.prompts import PromptError
-from ..runtime.transforms import rotate_mask
 from . import batch, interactive
 from .cache import EmbeddingLRU, SingleFlight, UrlIndex
 from .config import LabelConfig, LabelConfigError, parse_label_config

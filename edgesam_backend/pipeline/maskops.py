@@ -1,5 +1,5 @@
 """COCO-RLE mask helpers for the pipeline (pycocotools + OpenCV): encode/decode, boxes, mask NMS,
-smoothing, polygons."""
+smoothing (polygons: :mod:`edgesam_backend.formats.polygons`)."""
 
 from __future__ import annotations
 
@@ -80,36 +80,10 @@ def smooth_mask(mask: NDArray[np.bool_], kernel: int) -> NDArray[np.bool_]:
     return blurred > 0.5
 
 
-def mask_polygons(
-    mask: NDArray[np.bool_], tolerance: float = 1.0, min_area: float = 1.0, holes: bool = False
-) -> list[NDArray[np.float64]]:
-    """Contours of ``mask`` as ``(N, 2)`` (x, y) pixel-corner polygons (Douglas-Peucker at ``tolerance``),
-    largest first. ``holes=False``: outer contours only; ``True``: hole contours too (COCO polygons are
-    filled with even-odd, so holes drawn as separate polygons show as holes only in some readers)."""
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    mode = cv2.RETR_CCOMP if holes else cv2.RETR_EXTERNAL
-    contours, _ = cv2.findContours(padded, mode, cv2.CHAIN_APPROX_SIMPLE)
-    polys = []
-    for c in contours:
-        if tolerance > 0:
-            c = cv2.approxPolyDP(c, tolerance, True)
-        pts = c.reshape(-1, 2).astype(np.float64) - 1.0
-        if len(pts) < 3:
-            continue
-        area = abs(cv2.contourArea(pts.astype(np.float32)))
-        if area < min_area:
-            continue
-        polys.append((area, pts))
-    polys.sort(key=lambda t: -t[0])
-    return [p for _, p in polys]
-
-
 __all__ = [
     "as_json_rle",
     "box_nms",
     "mask_nms",
-    "mask_polygons",
     "rle_area",
     "rle_bbox",
     "rle_decode",

@@ -209,89 +209,7 @@ def is_box_near_crop_edge(
     return np.any(near_crop & ~near_image, axis=1)
 
 
-# --- Label Studio: percent coordinates and image rotation ---------------------------------------
-# Label Studio gives region coordinates in percent (0-100) of ``original_width``/``original_height``.
-# They are converted to *float* pixels (``x / 100 * width``), never rounded: the predictor takes
-# sub-pixel prompts, and keeping the float is what makes the backend's mask identical to a direct
-# ``predict`` call with the same numbers. Rotations are clockwise degrees, as Label Studio's
-# ``image_rotation`` (a view rotated by 90 shows the original's left edge at the top).
-
-ROTATIONS = (0, 90, 180, 270)
-
-
-def percent_to_pixels(points_pct: ArrayLike, width: float, height: float) -> NDArray[np.float64]:
-    """(x, y) in percent ``(..., 2)`` of a ``width`` x ``height`` frame → float pixels (not rounded)."""
-    p = np.array(points_pct, dtype=np.float64, copy=True)
-    if p.shape[-1:] != (2,):
-        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
-    p[..., 0] = p[..., 0] / 100.0 * float(width)
-    p[..., 1] = p[..., 1] / 100.0 * float(height)
-    return p
-
-
-def pixels_to_percent(points_px: ArrayLike, width: float, height: float) -> NDArray[np.float64]:
-    """Inverse of :func:`percent_to_pixels`."""
-    p = np.array(points_px, dtype=np.float64, copy=True)
-    if p.shape[-1:] != (2,):
-        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
-    p[..., 0] = p[..., 0] * 100.0 / float(width)
-    p[..., 1] = p[..., 1] * 100.0 / float(height)
-    return p
-
-
-def normalize_rotation(degrees: float | None) -> int:
-    """``image_rotation`` → one of 0/90/180/270 (clockwise); other angles raise ``ValueError``."""
-    d = 0.0 if degrees is None else float(degrees)
-    if not np.isfinite(d) or d % 90:
-        raise ValueError(f"image rotation must be a multiple of 90 degrees, got {degrees!r}")
-    return int(d % 360)
-
-
-def rotated_size(width: int, height: int, rotation: int) -> tuple[int, int]:
-    """``(width, height)`` of a ``width`` x ``height`` image seen rotated by ``rotation``."""
-    return (height, width) if normalize_rotation(rotation) in (90, 270) else (width, height)
-
-
-def rotate_points(points: ArrayLike, width: float, height: float, rotation: int) -> NDArray[np.float64]:
-    """(x, y) ``(..., 2)`` in an unrotated ``width`` x ``height`` frame → the view rotated clockwise
-    by ``rotation`` (continuous coordinates, consistent with :func:`rotate_mask`)."""
-    r = normalize_rotation(rotation)
-    p = np.asarray(points, dtype=np.float64)
-    x, y = p[..., 0], p[..., 1]
-    if r == 0:
-        out = (x, y)
-    elif r == 90:
-        out = (height - y, x)
-    elif r == 180:
-        out = (width - x, height - y)
-    else:
-        out = (y, width - x)
-    return np.stack(out, axis=-1)
-
-
-def unrotate_points(points: ArrayLike, width: float, height: float, rotation: int) -> NDArray[np.float64]:
-    """Inverse of :func:`rotate_points`: points in the rotated view → the unrotated ``width`` x
-    ``height`` frame (``width``/``height`` are the *unrotated* image's)."""
-    r = normalize_rotation(rotation)
-    p = np.asarray(points, dtype=np.float64)
-    xr, yr = p[..., 0], p[..., 1]
-    if r == 0:
-        out = (xr, yr)
-    elif r == 90:
-        out = (yr, height - xr)
-    elif r == 180:
-        out = (width - xr, height - yr)
-    else:
-        out = (width - yr, xr)
-    return np.stack(out, axis=-1)
-
-
-def rotate_mask(mask: NDArray, rotation: int) -> NDArray:
-    """An ``(H, W)`` mask as seen rotated clockwise by ``rotation`` (a contiguous copy)."""
-    return np.ascontiguousarray(np.rot90(mask, k=-(normalize_rotation(rotation) // 90)))
-
-
-# --- dataset formats: COCO XYWH boxes, rotated rectangles, normalised coordinates -------------------
+# --- box conventions: COCO XYWH, clipping -------------------------------------------------------
 
 
 def box_xywh_to_xyxy(boxes: ArrayLike) -> NDArray[np.float64]:
@@ -310,23 +228,3 @@ def clip_boxes(boxes: ArrayLike, hw: tuple[int, int]) -> NDArray[np.float64]:
     b[..., 0::2] = np.clip(b[..., 0::2], 0.0, float(hw[1]))
     b[..., 1::2] = np.clip(b[..., 1::2], 0.0, float(hw[0]))
     return b
-
-
-def rotated_rect_bounds(x: float, y: float, w: float, h: float, degrees: float) -> NDArray[np.float64]:
-    """Axis-aligned XYXY bounds of a ``w`` x ``h`` rectangle whose top-left corner is ``(x, y)``, rotated
-    clockwise (on screen, y down) by ``degrees`` about that corner — Label Studio's rectangle rotation."""
-    a = np.deg2rad(float(degrees))
-    corners = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], dtype=np.float64)
-    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    pts = corners @ rot.T + np.array([x, y], dtype=np.float64)
-    return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
-
-
-def pixels_to_normalized(points: ArrayLike, width: float, height: float) -> NDArray[np.float64]:
-    """(x, y) pixels ``(..., 2)`` → fractions of the image size in [0, 1] (YOLO's frame), clipped."""
-    p = np.array(points, dtype=np.float64, copy=True)
-    if p.shape[-1:] != (2,):
-        raise ValueError(f"points must have shape (..., 2), got {p.shape}")
-    p[..., 0] = np.clip(p[..., 0] / float(width), 0.0, 1.0)
-    p[..., 1] = np.clip(p[..., 1] / float(height), 0.0, 1.0)
-    return p

@@ -23,15 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
-from pycocotools import mask as mask_utils
 
+from ..formats.coco import decode_segmentation
+from ..formats.coco import read_coco as read_coco_file
+from ..formats.imagefiles import is_image_file
 from ..runtime import transforms
 from ..runtime.image import load_image
 from .distill_config import DataConfig
 from .prompts import center_point
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -56,26 +55,6 @@ class ImageRecord:
     annotations: list[Annotation] = field(default_factory=list)
 
 
-def _rle(seg: Any, h: int, w: int) -> dict:
-    """COCO/SA-1B segmentation (polygons, RLE, uncompressed RLE) → compressed RLE."""
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    if isinstance(seg, dict):
-        counts = seg["counts"]
-        return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    raise ValueError(f"unsupported segmentation {type(seg).__name__}")
-
-
-def decode_mask(seg: Any, h: int, w: int) -> NDArray[np.bool_]:
-    """Decode one segmentation to an ``(h, w)`` bool mask."""
-    m = mask_utils.decode(_rle(seg, h, w))
-    if m.ndim == 3:
-        m = m.max(axis=2)
-    return m.astype(bool)
-
-
 def _read_file_list(path: Path | None) -> set[str] | None:
     if path is None:
         return None
@@ -86,26 +65,28 @@ def read_coco(cfg: DataConfig) -> list[ImageRecord]:
     """COCO instances json → image records sorted by image id (images without instances kept)."""
     if cfg.annotations is None:
         raise ValueError("data.annotations (the COCO instances json) is required for format: coco")
-    data = json.loads(Path(cfg.annotations).read_text())
+    data = read_coco_file(cfg.annotations)
     keep = _read_file_list(cfg.file_list)
-    recs: dict[int, ImageRecord] = {}
-    for im in sorted(data["images"], key=lambda im: im["id"]):
-        if keep is not None and im["file_name"] not in keep:
+    recs: dict[Any, ImageRecord] = {}
+    for im in sorted(data.images, key=lambda im: im.id):
+        if keep is not None and im.file_name not in keep:
             continue
-        recs[im["id"]] = ImageRecord(
-            str(im["id"]), Path(cfg.images) / im["file_name"], int(im["height"]), int(im["width"])
-        )
-    for a in data.get("annotations", []):
-        rec = recs.get(a["image_id"])
-        if rec is None or (cfg.skip_crowd and a.get("iscrowd", 0)):
+        if im.height is None or im.width is None:
+            raise ValueError(f"{cfg.annotations}: image {im.id} ({im.file_name}) has no width/height")
+        recs[im.id] = ImageRecord(str(im.id), Path(cfg.images) / im.file_name, im.height, im.width)
+    for a in data.annotations:
+        rec = recs.get(a.image_id)
+        if rec is None or (cfg.skip_crowd and a.iscrowd):
             continue
-        x, y, w, h = (float(v) for v in a["bbox"])
-        area = float(a.get("area", w * h))
+        if a.bbox is None:  # keypoint-only entries: nothing to distil
+            continue
+        if a.id is None:
+            raise ValueError(f"{cfg.annotations}: annotation of image {a.image_id} has no id")
+        x, y, w, h = a.bbox
+        area = a.area if a.area is not None else w * h
         if w <= 0 or h <= 0 or area < cfg.min_mask_area:
             continue
-        rec.annotations.append(
-            Annotation((x, y, x + w, y + h), None, area, a.get("segmentation"), int(a["id"]))
-        )
+        rec.annotations.append(Annotation((x, y, x + w, y + h), None, area, a.segmentation, a.id))
     out = list(recs.values())
     return out[: cfg.max_images] if cfg.max_images else out
 
@@ -114,11 +95,7 @@ def read_sa1b(cfg: DataConfig) -> list[ImageRecord]:
     """SA-1B folder → image records sorted by file name (annotations are read lazily)."""
     folder = Path(cfg.images)
     keep = _read_file_list(cfg.file_list)
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and (keep is None or p.name in keep)
-    )
+    files = sorted(p for p in folder.iterdir() if is_image_file(p) and (keep is None or p.name in keep))
     if cfg.max_images:
         files = files[: cfg.max_images]
     ann_dir = Path(cfg.annotations) if cfg.annotations is not None else folder
@@ -200,7 +177,7 @@ class DistillDataset(torch.utils.data.Dataset):
     def _point(self, ann: Annotation, h: int, w: int) -> tuple[float, float]:
         if ann.point is not None:
             return ann.point
-        m = decode_mask(ann.segmentation, h, w)
+        m = decode_segmentation(ann.segmentation, h, w)
         if self.cfg.coco_point == "center":
             return center_point(m)
         ys, xs = np.nonzero(m)

@@ -30,8 +30,9 @@ import torch
 from torch.nn import functional as F
 
 from ..fileio import atomic_write_text
+from ..formats.coco import decode_segmentation
 from ..runtime import transforms
-from .data import DistillDataset, decode_mask
+from .data import DistillDataset
 from .distill_config import EvalConfig, EvalModelConfig
 from .loop import num_threads
 from .models import build_student, build_teacher, load_student_weights
@@ -203,7 +204,7 @@ def _evaluate(cfg: EvalConfig, log: Callable[[str], Any]) -> dict[str, Any]:
         n_images += 1
         for c0 in range(0, len(anns), cfg.batch_prompts):
             chunk = anns[c0 : c0 + cfg.batch_prompts]
-            masks = np.stack([decode_mask(a.segmentation, *hw) for a in chunk])
+            masks = np.stack([decode_segmentation(a.segmentation, *hw) for a in chunk])
             keep = masks.reshape(len(chunk), -1).any(axis=1)
             chunk = [a for a, kk in zip(chunk, keep, strict=True) if kk]
             if not chunk:

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..fileio import atomic_write_text
+from ..formats.coco import read_coco
 from ..model.checkpoint import load_edge_sam
 from ..model.edge_sam import EdgeSam, build_edge_sam
 from ..runtime import transforms
@@ -79,17 +80,17 @@ class CocoBoxes:
     """COCO images + class-agnostic XYXY boxes (crowd boxes skipped), preprocessed to ``input_size``."""
 
     def __init__(self, images_dir: Path, annotations: Path, input_size: int) -> None:
-        data = json.loads(Path(annotations).read_text())
+        data = read_coco(annotations)
         self.images_dir = Path(images_dir)
         self.input_size = input_size
-        self.images = sorted(data["images"], key=lambda im: im["id"])
-        boxes: dict[int, list[list[float]]] = {im["id"]: [] for im in self.images}
-        for a in data["annotations"]:
-            if a.get("iscrowd", 0) or a["image_id"] not in boxes:
+        self.images = sorted(data.images, key=lambda im: im.id)
+        boxes: dict[Any, list[tuple[float, ...]]] = {im.id: [] for im in self.images}
+        for a in data.annotations:
+            if a.iscrowd or a.image_id not in boxes or a.bbox is None:
                 continue
-            x, y, w, h = a["bbox"]
+            x, y, w, h = a.bbox
             if w > 1 and h > 1:
-                boxes[a["image_id"]].append([x, y, x + w, y + h])
+                boxes[a.image_id].append((x, y, x + w, y + h))
         self.boxes = {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in boxes.items()}
 
     def __len__(self) -> int:
@@ -98,11 +99,11 @@ class CocoBoxes:
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[int, int]]:
         """``(input (3, S, S) float32, boxes (G, 4) model frame, input_hw, original_hw)``."""
         info = self.images[i]
-        img = load_image(self.images_dir / info["file_name"])
+        img = load_image(self.images_dir / info.file_name)
         resized = transforms.resize_longest_side(img, self.input_size)
         x = transforms.normalize_and_pad(resized, self.input_size)[0]
         hw = img.shape[:2]
-        boxes = transforms.apply_boxes(self.boxes[info["id"]], hw, self.input_size)
+        boxes = transforms.apply_boxes(self.boxes[info.id], hw, self.input_size)
         return x, boxes, resized.shape[:2], hw
 
 
@@ -178,7 +179,7 @@ def evaluate_recall(
         props = decode_proposals(
             logits.numpy(), ltrb.numpy(), input_hw, original_hw, score_thresh=0.0, input_size=data.input_size
         )
-        gt = data.boxes[data.images[i]["id"]]
+        gt = data.boxes[data.images[i].id]
         total += len(gt)
         if len(gt) == 0 or len(props) == 0:
             continue

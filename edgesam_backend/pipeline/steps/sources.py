@@ -18,17 +18,16 @@ import posixpath
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlparse
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from ...runtime import transforms
+from ...formats.coco import CocoFormatError, read_coco
+from ...formats.imagefiles import IMAGE_EXTENSIONS
+from ...formats.labelstudio.coords import Rectangle, percent_to_pixels
+from ...formats.labelstudio.urls import UnsafePathError, url_to_relpath
 from ..base import PipelineError, SourceStep, StepConfig
 from ..records import Annotation, ImageItem
 from ..types import InputDir, InputFile, PositiveInt
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def natural_key(text: str) -> tuple[Any, ...]:
@@ -190,12 +189,6 @@ class CocoSource(SourceStep):
         super().__init__(config, ctx)
         self._cats: dict[int, str] | None = None
 
-    def _data(self) -> dict[str, Any]:
-        data = _load_json(self.config.annotations, "COCO file", self)
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise self.error(f"{self.config.annotations} is not a COCO file (no 'images' list)")
-        return data
-
     def categories(self) -> list[str]:
         if self._cats is None:
             self.items()
@@ -210,46 +203,44 @@ class CocoSource(SourceStep):
 
     def items(self) -> list[ImageItem]:
         cfg: CocoConfig = self.config
-        data = self._data()
+        try:
+            data = read_coco(cfg.annotations)
+        except CocoFormatError as exc:
+            raise self.error(str(exc)) from None
         root = Path(cfg.images_dir) if cfg.images_dir else Path(cfg.annotations).parent
-        cats = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
+        cats = data.categories
         self._cats = cats
         anns: dict[Any, list[Annotation]] = {}
-        for a in data.get("annotations", []):
-            if a.get("iscrowd") and not cfg.include_crowd:
+        for a in data.annotations:
+            if a.iscrowd and not cfg.include_crowd:
                 continue
-            box = None
-            if a.get("bbox") and len(a["bbox"]) == 4:
-                box = transforms.box_xywh_to_xyxy(a["bbox"]).tolist()
-            kp = a.get("keypoints") or []
-            pts = [[float(kp[j]), float(kp[j + 1])] for j in range(0, len(kp) - 2, 3) if kp[j + 2] > 0]
+            box = a.box_xyxy()
+            pts = a.visible_points()
             if box is None and not pts:
                 continue
-            cid = a.get("category_id")
-            label = cats.get(int(cid), str(cid)) if cid is not None else None
+            cid = a.category_id
+            label = cats.get(cid, str(cid)) if cid is not None else None
             ann = Annotation(
-                box=box,
+                box=None if box is None else list(box),
                 points=pts,
                 point_labels=[1] * len(pts),
                 label=label,
-                score=a.get("score"),
-                ref=a.get("id"),
+                score=a.score,
+                ref=a.id,
             )
-            anns.setdefault(a.get("image_id"), []).append(ann)
-        items = []
-        for i, im in enumerate(data["images"]):
-            fn = str(im["file_name"])
-            items.append(
-                ImageItem(
-                    index=i,
-                    id=im["id"],
-                    file_name=fn,
-                    path=str(root / fn),
-                    width=im.get("width"),
-                    height=im.get("height"),
-                    annotations=anns.get(im["id"], []),
-                )
+            anns.setdefault(a.image_id, []).append(ann)
+        items = [
+            ImageItem(
+                index=i,
+                id=im.id,
+                file_name=im.file_name,
+                path=str(root / im.file_name),
+                width=im.width,
+                height=im.height,
+                annotations=anns.get(im.id, []),
             )
+            for i, im in enumerate(data.images)
+        ]
         if not items:
             raise self.error(f"{cfg.annotations} lists no images")
         return items
@@ -261,8 +252,9 @@ class CocoSource(SourceStep):
 class LabelStudioConfig(StepConfig):
     """A Label Studio JSON export (Export → JSON): one item per task; the first non-cancelled annotation's
     (or prediction's) rectangles become boxes and keypoints become positive points. Image URLs map to
-    files below ``images_dir``: ``/data/local-files/?d=REL`` → ``REL``, ``/data/upload/REL`` → ``REL``, other
-    URLs → their file name (also tried: the file name alone)."""
+    files below ``images_dir`` by :func:`edgesam_backend.formats.labelstudio.urls.url_to_relpath`:
+    ``/data/local-files/?d=REL`` → ``REL``, ``/data/upload/REL`` → ``REL`` (``REL`` relative, no ``..``),
+    other URLs → their file name (also tried: the file name alone)."""
 
     export: InputFile = Field(description="Label Studio JSON export (a list of tasks)")
     images_dir: InputDir | None = Field(
@@ -274,27 +266,6 @@ class LabelStudioConfig(StepConfig):
     use: Literal["annotations", "predictions"] = Field(
         "annotations", description="where regions are read from"
     )
-
-
-def ls_url_to_relpath(url: str) -> str:
-    """The relative file path a Label Studio image URL stands for (see :class:`LabelStudioConfig`)."""
-    u = urlparse(url)
-    if u.path.rstrip("/").endswith("/data/local-files") or u.path.startswith("/data/local-files"):
-        d = parse_qs(u.query).get("d")
-        if d:
-            return d[0].lstrip("/")
-    if u.path.startswith("/data/upload/"):
-        return unquote(u.path[len("/data/upload/") :])
-    if u.scheme in ("http", "https", "s3", "gs", "azure-blob"):
-        return unquote(posixpath.basename(u.path))
-    return unquote(url)
-
-
-def _pct_box(value: dict, w: float, h: float) -> list[float]:
-    x, y = value["x"] / 100.0 * w, value["y"] / 100.0 * h
-    bw, bh = value.get("width", 0.0) / 100.0 * w, value.get("height", 0.0) / 100.0 * h
-    box = transforms.rotated_rect_bounds(x, y, bw, bh, value.get("rotation", 0.0) or 0.0)
-    return transforms.clip_boxes(box, (round(h), round(w))).tolist()
 
 
 class LabelStudioSource(SourceStep):
@@ -331,7 +302,10 @@ class LabelStudioSource(SourceStep):
             url = self._image_url(data)
             if url is None:
                 raise self.error(f"task {task.get('id', i)} has no image URL in data (set data_key)")
-            rel = ls_url_to_relpath(url)
+            try:
+                rel = url_to_relpath(url)
+            except UnsafePathError as exc:
+                raise self.error(f"task {task.get('id', i)}: {exc}") from None
             path = root / rel
             if not path.is_file() and (root / posixpath.basename(rel)).is_file():
                 rel = posixpath.basename(rel)
@@ -381,9 +355,10 @@ class LabelStudioSource(SourceStep):
             for name in names:
                 labels.setdefault(str(name), None)
             if typ.startswith("rectangle"):
-                anns.append(Annotation(box=_pct_box(value, w, h), label=label, ref=r.get("id")))
+                box = Rectangle.from_value(value).to_box(w, h).tolist()
+                anns.append(Annotation(box=box, label=label, ref=r.get("id")))
             else:
-                pt = transforms.percent_to_pixels(np.array([value["x"], value["y"]], dtype=np.float64), w, h)
+                pt = percent_to_pixels([value["x"], value["y"]], w, h)
                 anns.append(Annotation(points=[pt.tolist()], point_labels=[1], label=label, ref=r.get("id")))
         return anns, size
 
@@ -401,12 +376,10 @@ def check_unique_file_names(items: list[ImageItem]) -> None:
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "CocoSource",
     "FilesSource",
     "FolderSource",
     "LabelStudioSource",
     "image_size",
-    "ls_url_to_relpath",
     "natural_key",
 ]

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import Field
 
 from ....fileio import atomic_write_text
+from ....formats.polygons import mask_polygons
 from ...base import ExportRun, ExportStep, PipelineError, StepConfig
-from ...maskops import mask_polygons, rle_decode
+from ...maskops import rle_decode
 from ...records import ImageItem, ImageResult
 
 

@@ -2,9 +2,10 @@
 
 One task per image: ``data`` is the source task's data for ``source.labelstudio`` (so the predictions land
 on the same image), else ``{data_key: image_url.format(file_name=...)}``; one prediction per task with a
-``brushlabels`` region per mask (Label Studio's own RLE, :mod:`edgesam_backend.labelstudio.rle`). Region
-ids are deterministic. The written file is read back and every region is decoded and compared with its
-mask.
+``brushlabels`` region per mask (Label Studio's own RLE, :mod:`edgesam_backend.formats.labelstudio.rle`,
+encoded straight from the mask's COCO RLE: one rasterisation, no decode back). Region ids are
+deterministic. The written file is parsed back and every region's fields and RLE header are checked (the
+codec itself is byte-identical to Label Studio's, checked against the sdk's output in the test suite).
 
 ``push`` (optional) also sends the predictions to a running Label Studio: tasks from a
 ``source.labelstudio`` export get ``POST /api/predictions`` (the existing task), other tasks are imported
@@ -20,8 +21,10 @@ import numpy as np
 from pydantic import Field
 
 from ....fileio import atomic_write_text
+from ....formats.labelstudio.regions import brush_value, region
+from ....formats.labelstudio.rle import coco_to_rle, rle_length
+from ....formats.labelstudio.urls import LOCAL_FILES_URL
 from ...base import ExportRun, ExportStep, PipelineError, StepConfig
-from ...maskops import rle_decode
 from ...records import ImageItem, ImageResult
 
 
@@ -42,7 +45,7 @@ class LabelStudioExportConfig(StepConfig):
     to_name: str = Field("image", min_length=1, description="name of the Image object")
     data_key: str = Field("image", min_length=1, description="task data key of the image URL")
     image_url: str = Field(
-        "/data/local-files/?d={file_name}",
+        LOCAL_FILES_URL,
         min_length=1,
         description="URL template for images not from a Label Studio source ({file_name}, {path})",
     )
@@ -65,31 +68,21 @@ class LabelStudioExport(ExportStep):
         self.version = self.config.model_version or f"edgesam-{run.config_hash[:12]}"
 
     def add(self, item: ImageItem, result: ImageResult) -> None:
-        from ....labelstudio.rle import mask_to_rle, rle_to_mask
-
         c: LabelStudioExportConfig = self.config
         regions = []
         for j, m in enumerate(result.masks):
-            mask = rle_decode(m.segmentation)
-            rle = mask_to_rle(mask)
-            if not np.array_equal(rle_to_mask(rle, result.height, result.width) > 0, mask):
-                raise self.error(f"{item.file_name}: mask {j} does not decode back from Label Studio RLE")
+            label = m.label if m.label is not None else c.default_label
             regions.append(
-                {
-                    "id": f"es{item.index}_{j}",
-                    "from_name": c.from_name,
-                    "to_name": c.to_name,
-                    "type": "brushlabels",
-                    "original_width": result.width,
-                    "original_height": result.height,
-                    "image_rotation": 0,
-                    "score": _round(m.score),
-                    "value": {
-                        "format": "rle",
-                        "rle": rle,
-                        "brushlabels": [m.label if m.label is not None else c.default_label],
-                    },
-                }
+                region(
+                    id=f"es{item.index}_{j}",
+                    from_name=c.from_name,
+                    to_name=c.to_name,
+                    type="brushlabels",
+                    value=brush_value(coco_to_rle(m.segmentation), label),
+                    width=result.width,
+                    height=result.height,
+                    score=_round(m.score),
+                )
             )
         ls_task = item.extra.get("ls_task")
         if ls_task is not None:
@@ -145,8 +138,7 @@ def validate_labelstudio_text(text: str, *, what: str = "file") -> None:
                     v = r["value"]
                     if r["type"] != "brushlabels" or v["format"] != "rle" or not v["brushlabels"]:
                         raise ValueError(f"region {r.get('id')} is not a brushlabels RLE region")
-                    head = v["rle"][:4]
-                    num = int.from_bytes(bytes(head), "big") if len(head) == 4 else -1
+                    num = rle_length(v["rle"])
                     if num != int(r["original_height"]) * int(r["original_width"]) * 4:
                         raise ValueError(f"region {r['id']}: RLE length {num} does not match the image size")
     except (KeyError, ValueError, TypeError) as exc:

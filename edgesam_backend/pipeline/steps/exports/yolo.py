@@ -4,7 +4,8 @@
 one line per mask: ``class x1 y1 x2 y2 ...`` with coordinates normalised to [0, 1]; ``<dir>/data.yaml``
 (``names``) and ``<dir>/classes.txt``. YOLO-seg holds one polygon per instance without holes: the
 mask's largest outer contour is written (other parts and holes are dropped; masks too small for a
-3-point polygon are skipped and counted). Every file is parsed back and checked.
+3-point polygon are skipped and counted). Polygons follow :mod:`edgesam_backend.formats.polygons`'
+pixel convention; lines are :mod:`edgesam_backend.formats.yolo`'s. Every file is parsed back and checked.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import yaml
 from pydantic import Field
 
 from ....fileio import atomic_write_text
-from ....runtime import transforms
+from ....formats.polygons import mask_polygons
+from ....formats.yolo import polygon_line, validate_yolo_text
 from ...base import ExportRun, ExportStep, StepConfig
-from ...maskops import mask_polygons, rle_decode
+from ...maskops import rle_decode
 from ...records import ImageItem, ImageResult
 from .common import NameGuard, derived_name
 
@@ -26,25 +28,6 @@ class YoloExportConfig(StepConfig):
     dir: str = Field("yolo", min_length=1, description="output directory (relative to output_dir)")
     tolerance: float = Field(1.0, ge=0.0, description="polygon simplification (pixels)")
     default_label: str = Field("object", min_length=1, description="class of unlabeled masks")
-
-
-def validate_yolo_text(text: str, num_classes: int) -> int:
-    """Check YOLO-seg lines; returns the number of instances."""
-    n = 0
-    for i, line in enumerate(text.splitlines()):
-        parts = line.split()
-        if not parts:
-            continue
-        cls = int(parts[0])
-        coords = [float(v) for v in parts[1:]]
-        if not 0 <= cls < num_classes:
-            raise ValueError(f"line {i + 1}: class {cls} outside 0..{num_classes - 1}")
-        if len(coords) < 6 or len(coords) % 2:
-            raise ValueError(f"line {i + 1}: a polygon needs an even number (>= 6) of coordinates")
-        if any(not 0.0 <= v <= 1.0 for v in coords):
-            raise ValueError(f"line {i + 1}: coordinates must be normalised to [0, 1]")
-        n += 1
-    return n
 
 
 class YoloExport(ExportStep):
@@ -66,9 +49,8 @@ class YoloExport(ExportStep):
             if not polys:
                 self.skipped += 1
                 continue
-            pts = transforms.pixels_to_normalized(polys[0], result.width, result.height)
             cls = idx[m.label if m.label is not None else c.default_label]
-            lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in pts.reshape(-1)))
+            lines.append(polygon_line(cls, polys[0], result.width, result.height))
         text = "\n".join(lines) + ("\n" if lines else "")
         try:
             self.instances += validate_yolo_text(text, len(self.labels))
@@ -93,4 +75,4 @@ class YoloExport(ExportStep):
         }
 
 
-__all__ = ["YoloExport", "YoloExportConfig", "validate_yolo_text"]
+__all__ = ["YoloExport", "YoloExportConfig"]

@@ -19,9 +19,12 @@ Every run in an RGBA-repeated mask is at least 4 long, so the encoder only write
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from ..coco import decode_rle_raster
 
 #: Bits of the ``length - 1`` field of each run-size class.
 RLE_SIZES = (3, 4, 8, 16)
@@ -106,6 +109,24 @@ def mask_to_rle(mask: ArrayLike) -> list[int]:
     # as label_studio_sdk's encoder does (so the bytes are identical to Label Studio's own)
     out.append(np.packbits(np.concatenate((carry, np.zeros(8 - len(carry), np.uint8)))))
     return np.concatenate(out).tolist()
+
+
+def coco_to_rle(segmentation: dict[str, Any]) -> list[int]:
+    """A COCO RLE (``{"size": [H, W], "counts": str | bytes}``) → Label Studio RLE of the same mask.
+
+    COCO runs are column-major and Label Studio's row-major, so the runs cannot be carried over; the
+    mask is rasterised once (pycocotools' uint8 ``(H, W)``, no bool copy) and encoded from that.
+    """
+    return mask_to_rle(decode_rle_raster(segmentation))
+
+
+def rle_length(rle: Sequence[int]) -> int:
+    """The ``num`` field of the header: how many values (``H * W * 4``) the payload declares;
+    ``-1`` when there is no complete 32-bit header."""
+    head = list(rle[:4])
+    if len(head) != 4 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in head):
+        return -1
+    return int.from_bytes(bytes(head), "big")
 
 
 class _BitReader:
