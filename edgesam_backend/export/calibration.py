@@ -12,10 +12,9 @@ import onnx
 from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
+from ..formats.imagefiles import IMAGE_EXTENSIONS, is_image_file
 from ..runtime import transforms
 from ..runtime.image import ImageError, load_image
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(directory: str | os.PathLike[str]) -> list[Path]:
@@ -23,9 +22,9 @@ def list_images(directory: str | os.PathLike[str]) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         raise ValueError(f"calibration image directory not found: {d}")
-    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in d.iterdir() if p.is_file() and is_image_file(p))
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d}")
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {d}")
     return files
 
 
