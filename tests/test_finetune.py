@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from edgesam_backend.cli import main
-from edgesam_backend.labelstudio.rle import mask_to_rle
+from edgesam_backend.formats.labelstudio.rle import mask_to_rle
 from edgesam_backend.model.checkpoint import (
     CheckpointError,
     checkpoint_image_size,
@@ -155,7 +155,7 @@ def test_labelstudio_export_brush_and_polygon_masks(synth, tmp_path):
     rec = read_coco_masks(synth / "train" / "images", synth / "train" / "annotations.json")[0]
     coco = MaskDataset([rec], SIZE)[0]
     h, w = rec.height, rec.width
-    from edgesam_backend.training.data import decode_mask
+    from edgesam_backend.formats.coco import decode_segmentation as decode_mask
 
     gt = [decode_mask(s, h, w) for s in rec.segmentations]
     results = [

@@ -10,7 +10,7 @@ region with bilinear interpolation thresholded at 0.5, empty ones dropped), with
   Kept as one small function so a shared COCO reader can replace it.
 * Label Studio (:func:`read_labelstudio_masks`): the project's JSON export (a list of tasks). The
   first annotation that is not cancelled counts; ``brushlabels`` results with ``format: rle`` are
-  decoded with :mod:`..labelstudio.rle`, ``polygonlabels`` (points in percent of the image) are
+  decoded with :mod:`..formats.labelstudio.rle`, ``polygonlabels`` (points in percent of the image) are
   rasterised with pycocotools. The image is ``data.image``'s file name looked up in the images
   folder (the ``?d=`` path of ``/data/local-files`` URLs, else the URL path's last part; an upload's
   ``<hash>-`` prefix is tried without it too).
@@ -30,10 +30,11 @@ import torch
 from numpy.typing import NDArray
 from pycocotools import mask as mask_utils
 
-from ..labelstudio.rle import rle_to_mask
+from ..formats.coco import CocoFormatError, read_coco
+from ..formats.coco import decode_segmentation as decode_mask
+from ..formats.labelstudio.rle import rle_to_mask
 from ..runtime import transforms
 from ..runtime.image import load_image
-from .data import decode_mask
 
 
 @dataclass
@@ -57,16 +58,18 @@ class MaskSample:
 
 
 def read_coco_masks(images: Path, annotations: Path) -> list[MaskRecord]:
-    """COCO instances json → records sorted by image id (crowd and segmentation-less skipped)."""
-    data = json.loads(Path(annotations).read_text())
-    recs = {
-        im["id"]: MaskRecord(Path(images) / im["file_name"], int(im["height"]), int(im["width"]))
-        for im in sorted(data["images"], key=lambda im: im["id"])
-    }
-    for a in data.get("annotations", []):
-        rec = recs.get(a["image_id"])
-        if rec is not None and not a.get("iscrowd", 0) and a.get("segmentation"):
-            rec.segmentations.append(a["segmentation"])
+    """COCO instances json (read by :func:`~edgesam_backend.formats.coco.read_coco`) → records sorted
+    by image id (crowd and segmentation-less annotations skipped)."""
+    data = read_coco(annotations)
+    recs: dict[Any, MaskRecord] = {}
+    for im in sorted(data.images, key=lambda im: im.id):
+        if im.height is None or im.width is None:
+            raise CocoFormatError(f"{annotations}: image {im.id} has no width/height")
+        recs[im.id] = MaskRecord(Path(images) / im.file_name, int(im.height), int(im.width))
+    for a in data.annotations:
+        rec = recs.get(a.image_id)
+        if rec is not None and not a.iscrowd and a.segmentation:
+            rec.segmentations.append(a.segmentation)
     return list(recs.values())
 
 
