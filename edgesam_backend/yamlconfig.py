@@ -10,49 +10,70 @@ None), a quoted one stays a string; an unset VAR without a default is an error a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class StrictModel(BaseModel):
+    """Base of every config model read from YAML: unknown keys are errors (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ConfigError(ValueError):
     """A YAML config could not be read or validated; the message names file, line and key."""
 
 
-def _locate(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along the pydantic error location ``loc``.
+def node_at(
+    root: yaml.Node | None, loc: tuple[Any, ...], *, key_node: bool = False
+) -> tuple[yaml.Node | None, list[Any]]:
+    """The deepest YAML node along the pydantic error location ``loc``, and ``loc`` as shown to users.
 
     Parts that are not keys of the current mapping but are followed by more parts are union tags that
-    pydantic inserts (``('steps', 1, 'prompt.grid', 'points_per_side')``): they are skipped.
+    pydantic inserts (``('steps', 1, 'prompt.grid', 'points_per_side')``): they are skipped and left out
+    of the shown location. A missing last key points at its mapping; ``key_node`` gives the node of the
+    last key instead of its value (for "unknown key" errors).
     """
-    node = root
+    node, shown = root, []
     for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if getattr(k, "value", None) == str(part)), None)
-            if nxt is None and i + 1 < len(loc):  # a union tag, not a key
-                continue
-            if nxt is None:  # a missing key: point at the mapping
-                return node
-            node = nxt
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if pair is None:
+                if i + 1 < len(loc):  # a union tag, not a key
+                    continue
+                shown.append(part)  # a missing key: point at the mapping
+                break
+            node = pair[0] if key_node and i + 1 == len(loc) else pair[1]
+            shown.append(part)
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
+            shown.append(part)
         else:
+            shown.extend(p for p in loc[i:] if not isinstance(p, str) or "[" not in p)
             break
-    return node
+    return node, shown
+
+
+def mark(path: str | os.PathLike[str], node: yaml.Node | None) -> tuple[str, int, int]:
+    """(``file:line:col``, line, col) of ``node`` (``file`` alone and ``0, 0`` when unknown)."""
+    m = node.start_mark if node is not None else None
+    if m is None:
+        return str(path), 0, 0
+    return f"{path}:{m.line + 1}:{m.column + 1}", m.line + 1, m.column + 1
 
 
 def locate(path: str | os.PathLike[str], root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     """``file:line:col`` of the YAML node at pydantic error location ``loc`` (``file`` alone if unknown)."""
-    node = _locate(root, loc)
-    mark = node.start_mark if node is not None else None
-    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    return mark(path, node_at(root, loc)[0])[0]
 
 
 def compose(text: str, path: Path) -> yaml.Node | None:
@@ -108,11 +129,15 @@ def construct(root: yaml.Node | None) -> Any:
         loader.dispose()
 
 
-def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
-    """Read, expand and validate ``path`` as ``model``; see module docstring for the error format."""
+def read_yaml(path: str | os.PathLike[str], expected: str = "") -> tuple[yaml.Node | None, dict[str, Any]]:
+    """Read ``path``, expand ``${VAR}`` and return (the YAML node tree, the mapping it holds).
+
+    An empty file is ``{}``; anything but a mapping is a :class:`ConfigError` (``expected`` names the
+    usual keys in that message, e.g. ``"model, output_dir, steps, ..."``).
+    """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
     root = compose(text, p)
@@ -121,7 +146,20 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}:1:1: expected a mapping of keys, got {type(data).__name__}")
+        keys = f" ({expected})" if expected else ""
+        raise ConfigError(f"{p}:1:1: expected a mapping of keys{keys}, got {type(data).__name__}")
+    return root, data
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """The committed form of a JSON Schema file: sorted keys, 2-space indent, trailing newline."""
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def load_yaml_model(path: str | os.PathLike[str], model: type[M]) -> M:
+    """Read, expand and validate ``path`` as ``model``; see module docstring for the error format."""
+    p = Path(path)
+    root, data = read_yaml(p)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

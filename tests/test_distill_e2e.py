@@ -28,9 +28,9 @@ from edgesam_backend.training.distill_config import (
 )
 from edgesam_backend.training.models import build_student, build_teacher
 from edgesam_backend.training.phase2 import Phase2Stats, phase2_loss
-from edgesam_backend.training.schemas import schema_text, schemas
+from edgesam_backend.training.schemas import schemas
 from edgesam_backend.training.synthetic import write_coco_dataset
-from edgesam_backend.yamlconfig import ConfigError, load_yaml_model
+from edgesam_backend.yamlconfig import ConfigError, load_yaml_model, schema_text
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128

@@ -17,9 +17,11 @@ from edgesam_backend.cli import main
 from edgesam_backend.pipeline import config as pconfig
 from edgesam_backend.pipeline import registry
 from edgesam_backend.pipeline.base import PipelineError, SourceStep, StepConfig
-from edgesam_backend.pipeline.config import apply_override, load_pipeline, schema_text
-from edgesam_backend.pipeline.ray_executor import cpu_budget
-from edgesam_backend.yamlconfig import ConfigError
+from edgesam_backend.pipeline.config import pipeline_json_schema
+from edgesam_backend.pipeline.cpus import cpu_budget
+from edgesam_backend.pipeline.loader import load_pipeline
+from edgesam_backend.pipeline.overrides import apply_override
+from edgesam_backend.yamlconfig import ConfigError, schema_text
 
 from .conftest import IMAGES, REPO
 
@@ -74,7 +76,9 @@ def line_of(err: str) -> tuple[int, int]:
 
 def test_schema_file_is_in_sync():
     committed = (REPO / "schemas" / "pipeline.schema.json").read_text()
-    assert committed == schema_text(), "schemas/pipeline.schema.json is stale: run `edgesam schema`"
+    assert committed == schema_text(pipeline_json_schema()), (
+        "schemas/pipeline.schema.json is stale: run `edgesam schema`"
+    )
 
 
 def test_schema_cli_check(tmp_path, capsys):
@@ -87,7 +91,7 @@ def test_schema_cli_check(tmp_path, capsys):
 
 
 def test_schema_lists_every_builtin_kind_and_forbids_unknown_keys():
-    schema = json.loads(schema_text())
+    schema = json.loads(schema_text(pipeline_json_schema()))
     steps = schema["properties"]["steps"]["items"]
     kinds = set(steps["discriminator"]["mapping"])
     assert kinds == set(registry.BUILTIN_STEPS)
@@ -143,6 +147,25 @@ def test_wrong_types_unknown_kind_unknown_key_point_at_their_lines(tmp_path, onn
     assert line_of(by_key["steps.1.kind"]) == (9, 11)
     assert "unknown step kind 'prompt.gird' (did you mean 'prompt.grid'?)" in by_key["steps.1.kind"]
     assert line_of(by_key["steps.2.points_per_batch"]) == (12, 23)
+
+
+@pytest.mark.parametrize(
+    ("executor", "key", "hint"),
+    [
+        ("{type: local, worker: 2}", "worker", "workers"),  # the local executor's own key
+        ("{type: local, prefetc: 2}", "prefetc", "prefetch"),
+        ("{type: ray, num_worker: 2}", "num_worker", "num_workers"),
+        ("{type: ray, adress: auto}", "adress", "address"),
+    ],
+)
+def test_executor_did_you_mean_uses_that_executors_keys(tmp_path, onnx_stub, executor, key, hint):
+    text = good(onnx_stub).replace(
+        "    output_dir: out\n", f"    output_dir: out\n    executor: {executor}\n"
+    )
+    errs = errors_of(write(tmp_path, text))
+    assert len(errs) == 1, errs
+    assert f"executor.{key}: unknown key {key!r} (did you mean {hint!r}?)" in errs[0]
+    assert line_of(errs[0])[0] == 4
 
 
 def test_missing_file_points_at_its_key(tmp_path, onnx_stub):
@@ -395,7 +418,9 @@ def test_third_party_step_from_an_entry_point(fresh_registry, monkeypatch, tmp_p
     (err,) = errors_of(bad)
     assert "steps.0.extra: unknown key" in err
     # the committed schema holds only the built-ins
-    assert "acme.count" not in schema_text() and "acme.count" in schema_text(builtins_only=False)
+    assert "acme.count" not in schema_text(pipeline_json_schema()) and "acme.count" in schema_text(
+        pipeline_json_schema(builtins_only=False)
+    )
 
 
 def test_register_step_api_checks(fresh_registry):

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from edgesam_backend.pipeline.base import PipelineError
-from edgesam_backend.pipeline.config import load_pipeline
+from edgesam_backend.pipeline.loader import load_pipeline
 from edgesam_backend.pipeline.runner import run_pipeline
 
 from .conftest import IMAGES

@@ -56,9 +56,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from ..pipeline.config import schema_text
+    from ..pipeline.config import pipeline_json_schema
+    from ..yamlconfig import schema_text
 
-    text = schema_text(builtins_only=not args.all_steps)
+    text = schema_text(pipeline_json_schema(builtins_only=not args.all_steps))
     if args.out == "-":
         sys.stdout.write(text)
         return 0
@@ -77,7 +78,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from ..pipeline.config import load_pipeline
+    from ..pipeline.loader import load_pipeline
     from ..yamlconfig import ConfigError
 
     try:

@@ -1,6 +1,7 @@
 """YAML pipeline DSL for bulk segmentation: ``edgesam run pipeline.yaml``.
 
-* :mod:`.config` — the language (pydantic models, JSON Schema, YAML loader with line-numbered errors);
+* :mod:`.config` — the language (pydantic models, JSON Schema); :mod:`.loader` — the YAML loader with
+  line-numbered errors (:mod:`.overrides` ``--set``, :mod:`.checks` step order, :mod:`.diagnostics`);
 * :mod:`.registry` — step plugins (entry-point group ``edgesam_backend.steps``);
 * :mod:`.base` — step interfaces; :mod:`.steps` — the built-in steps;
 * :mod:`.runner`, :mod:`.local`, :mod:`.ray_executor`, :mod:`.store` — execution, resume, results.
@@ -9,7 +10,8 @@
 from __future__ import annotations
 
 from .base import PipelineError
-from .config import load_pipeline, pipeline_json_schema, pipeline_model
+from .config import pipeline_json_schema, pipeline_model
+from .loader import load_pipeline
 from .registry import register_step
 
 __all__ = [

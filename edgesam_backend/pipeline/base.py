@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict
 
 from ..runtime.base import BasePredictor, ImageEmbedding
+from ..yamlconfig import StrictModel
 from .records import ImageItem, ImageResult, Prompt
 
 ROLES = ("source", "prompt", "segment", "refine", "export")
@@ -34,10 +34,8 @@ class PipelineError(RuntimeError):
     """A user-facing problem while running a pipeline (printed as ``edgesam: error: ...``)."""
 
 
-class StepConfig(BaseModel):
+class StepConfig(StrictModel):
     """Base of every step's config model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass

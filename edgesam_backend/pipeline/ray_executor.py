@@ -13,54 +13,23 @@ executor, so resume works across executors and the exports (built by the driver 
 source order) are identical. The output directory must be visible to every node (a shared or network
 file system) when the cluster has more than one machine, and the package must be installed there.
 
-CPU starvation: Ray Data's read tasks need CPUs too; if the actors reserve every CPU of the cluster the
-run waits forever (ray-project/ray#44687). :func:`cpu_budget` refuses such configurations up front and
-picks ``cpus_per_worker`` (fractional) when it is not given.
+CPU starvation (actors reserving every CPU starve the read tasks): see :mod:`.cpus`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .base import PipelineError
+from .cpus import READ_TASK_CPUS, cpu_budget
 from .records import ImageItem
 from .store import ResultStore
 from .worker import ImageProcessor, Outcome, read_item, short_error
-
-#: CPUs reserved by each read task (so several run beside the actors).
-READ_TASK_CPUS = 0.25
-#: CPUs left free for Ray Data's read tasks and the driver's work.
-RESERVED_CPUS = 1.0
-
-
-def cpu_budget(num_workers: int, cpus_per_worker: float | None, cluster_cpus: float) -> float:
-    """The CPUs each actor reserves; raises :class:`PipelineError` when the actors would take every CPU."""
-    free = cluster_cpus - RESERVED_CPUS
-    if free <= 0:
-        raise PipelineError(
-            f"executor (ray): the Ray cluster has {cluster_cpus:g} CPU(s); at least "
-            f"{RESERVED_CPUS + 0.5:g} are needed ({RESERVED_CPUS:g} stays free for Ray Data's read tasks, "
-            "the rest holds the model actors)"
-        )
-    if cpus_per_worker is None:
-        cpus_per_worker = free / num_workers
-    total = num_workers * cpus_per_worker
-    if total > free + 1e-9:
-        limit = math.floor(free / num_workers * 100) / 100
-        raise PipelineError(
-            f"executor (ray): num_workers x cpus_per_worker = {num_workers} x {cpus_per_worker:g} = "
-            f"{total:g} CPUs, but the Ray cluster has {cluster_cpus:g}: actors reserving every CPU "
-            "starve Ray Data's read tasks and the run hangs (ray-project/ray#44687). "
-            f"Leave {RESERVED_CPUS:g} CPU free: set cpus_per_worker <= {limit:g} (fractions are fine) "
-            "or use fewer workers"
-        )
-    return cpus_per_worker
 
 
 def read_row(row: dict[str, Any], config_hash: str, store_dir: str) -> dict[str, Any]:
@@ -231,4 +200,4 @@ def run_ray(
             ray.shutdown()
 
 
-__all__ = ["READ_TASK_CPUS", "RESERVED_CPUS", "SegmentActor", "cpu_budget", "read_row", "run_ray"]
+__all__ = ["SegmentActor", "read_row", "run_ray"]

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from ..runtime.base import BasePredictor, ImageEmbedding
 from .base import ImageJob, MaskSet, PromptStep, RefineStep, SegmentStep, StepContext
+from .config import pipeline_from_dict
 from .maskops import as_json_rle, rle_area, rle_bbox
 from .records import ImageItem, ImageResult, MaskRecord, result_key
 from .registry import load_registry
@@ -91,8 +92,6 @@ class ImageProcessor:
     def __init__(
         self, plan: dict[str, Any], predictor: BasePredictor | None = None, threads: int | None = None
     ) -> None:
-        from .config import pipeline_from_dict
-
         pipe = pipeline_from_dict(plan["pipeline"])
         reg = load_registry()
         base_dir, out_dir = Path(plan["base_dir"]), Path(plan["output_dir"])

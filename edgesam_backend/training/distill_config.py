@@ -16,11 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ..yamlconfig import StrictModel as _Strict
 
 
 class DataConfig(_Strict):
@@ -225,7 +223,7 @@ class EvalConfig(_Strict):
     models: list[EvalModelConfig] = Field(min_length=1)
     output: Path = Field(description="the JSON report")
     image_size: int = 1024
-    prompts: list[Literal["box", "point"]] = ["box", "point"]
+    prompts: list[Literal["box", "point"]] = Field(["box", "point"])
     refine_iters: int = Field(2, ge=0, description="refinement points after the first prompt")
     num_multimask_outputs: Literal[1, 3, 4] = 1
     select: Literal["first", "score", "oracle"] = Field(

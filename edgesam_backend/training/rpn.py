@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from ..fileio import atomic_write_text
 from ..formats.coco import read_coco
@@ -27,6 +27,7 @@ from ..runtime import transforms
 from ..runtime.boxes import box_iou, nms
 from ..runtime.image import load_image
 from ..runtime.proposals import decode_proposals, location_points
+from ..yamlconfig import StrictModel
 from .loop import DistEnv, LoopSettings, atomic_save, num_threads, run_loop
 from .losses import giou_loss, sigmoid_focal
 from .schedule import warmup_cosine
@@ -35,10 +36,8 @@ from .schedule import warmup_cosine
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
 
 
-class RpnTrainConfig(BaseModel):
+class RpnTrainConfig(StrictModel):
     """Configuration of ``edgesam train-rpn`` (YAML keys = field names; unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     train_images: Path = Field(description="folder with the training images")
     train_annotations: Path = Field(description="COCO instances json (boxes) for the training images")

@@ -3,12 +3,12 @@ regenerates them; a test checks they are in sync)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from ..yamlconfig import schema_text
 from .distill_config import EvalConfig, Phase1Config, Phase2Config
 from .finetune_config import FinetuneConfig
 from .rpn import RpnTrainConfig
@@ -25,10 +25,6 @@ SCHEMA_FILES: dict[str, type[BaseModel]] = {
 def schemas() -> dict[str, dict]:
     """File name → JSON Schema of every training config."""
     return {name: cls.model_json_schema() for name, cls in SCHEMA_FILES.items()}
-
-
-def schema_text(schema: dict) -> str:
-    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def write_schemas(out_dir: Path) -> list[Path]:

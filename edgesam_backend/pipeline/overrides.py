@@ -1,0 +1,77 @@
+"""``--set key.path=value`` overrides, applied to a pipeline's parsed YAML before validation.
+
+Keys are dotted paths with list indices (``steps[1].points_per_side=16``) or step kinds
+(``steps[prompt.grid].points_per_side=16``, the first step of that kind); the value is parsed as YAML
+(``executor={type: ray, num_workers: 3}``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from ..yamlconfig import ConfigError
+
+_SET_TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b[1].c=value`` → (``["a", "b", "[1]", "c"]``, parsed YAML value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE (e.g. steps[1].points_per_side=16)")
+    parts: list[str] = []
+    pos = 0
+    key = key.strip()
+    while pos < len(key):
+        if key[pos] == ".":
+            pos += 1
+            continue
+        m = _SET_TOKEN.match(key, pos)
+        if m is None:
+            raise ConfigError(f"--set {text!r}: cannot parse the key {key!r}")
+        parts.append(m.group(1) if m.group(1) is not None else f"[{m.group(2)}]")
+        pos = m.end()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: invalid YAML value: {exc}") from None
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], text: str) -> None:
+    """Apply one ``--set`` override to the raw (expanded) data."""
+    parts, value = parse_override(text)
+    cur: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part.startswith("["):
+            inner = part[1:-1]
+            if not isinstance(cur, list):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i]) or '<root>'} is not a list")
+            if inner.lstrip("-").isdigit():
+                idx = int(inner)
+                if not -len(cur) <= idx < len(cur):
+                    raise ConfigError(f"--set {text!r}: index {idx} out of range ({len(cur)} items)")
+            else:
+                idx = next(
+                    (j for j, s in enumerate(cur) if isinstance(s, dict) and s.get("kind") == inner), -1
+                )
+                if idx < 0:
+                    raise ConfigError(f"--set {text!r}: no step of kind {inner!r}")
+            if last:
+                cur[idx] = value
+            else:
+                cur = cur[idx]
+        else:
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i]) or '<root>'} is not a mapping")
+            if last:
+                cur[part] = value
+            else:
+                cur = cur.setdefault(part, {})
+
+
+__all__ = ["apply_override", "parse_override"]
