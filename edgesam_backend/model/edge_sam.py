@@ -55,42 +55,6 @@ class EdgeSam(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, h, w)`` float RGB 0..255 (long side already 1024) → normalised, zero-padded
-        ``(B, 3, 1024, 1024)``."""
-        x = (x - self.pixel_mean) / self.pixel_std
-        h, w = x.shape[-2:]
-        return nn.functional.pad(x, (0, IMAGE_SIZE - w, 0, IMAGE_SIZE - h))
-
-    def decode(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        num_multimask_outputs: int = 3,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder for B prompts on one image's embeddings.
-
-        Args:
-            image_embeddings: ``(1, 256, 64, 64)``.
-            point_coords: ``(B, N, 2)`` (x, y) in the 1024 model frame; ``point_labels``: ``(B, N)``.
-            boxes: ``(B, 4)`` XYXY in the model frame.
-            mask_input: ``(B, 1, 256, 256)`` low-res logits from a previous prediction.
-        Returns:
-            low-res logits ``(B, K, 256, 256)`` and IoU predictions ``(B, K)``.
-        """
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.mask_decoder(
-            image_embeddings=image_embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            num_multimask_outputs=num_multimask_outputs,
-        )
-
 
 def stability_score(
     logits: torch.Tensor, mask_threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET

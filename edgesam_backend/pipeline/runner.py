@@ -7,7 +7,6 @@ byte-for-byte the same files as one uninterrupted run (and the same as the Ray e
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -300,10 +299,6 @@ def _export(
     for i, ex in enumerate(prep.exports):
         out[f"{i}:{ex.kind}" if sum(e.kind == ex.kind for e in prep.exports) > 1 else ex.kind] = ex.finish()
     return n_masks, out
-
-
-def summary_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=None, sort_keys=False)
 
 
 __all__ = [
