@@ -65,50 +65,31 @@ def test_predict_onnx_writes_npz_and_png(tmp_path, capsys, onnx_dir, onnx_predic
     np.testing.assert_array_equal(png_mask, z["masks"][best])
 
 
-def test_predict_torch_backend_with_box_and_mask_input(tmp_path, capsys):
+def test_predict_torch_backend_with_box_and_mask_input(tmp_path, capsys, torch_predictor):
+    """The second call differs from the first only by --mask-input: its output must be the predictor's
+    answer *with* that mask (and so differ from the first call's), which fails if the mask is ignored."""
+    box = [425, 600, 700, 875]
+    common = ["predict", TRUCK, "--checkpoint", CHECKPOINT, "--backend", "torch", "--box", "425,600,700,875"]
     first = tmp_path / "first.npz"
-    code, _, _ = run_cli(
-        capsys,
-        "predict",
-        TRUCK,
-        "--checkpoint",
-        CHECKPOINT,
-        "--backend",
-        "torch",
-        "--box",
-        "425,600,700,875",
-        "--num-masks",
-        "1",
-        "--out",
-        first,
-    )
+    code, _, _ = run_cli(capsys, *common, "--num-masks", "1", "--out", first)
     assert code == 0
     with np.load(first) as z:
         assert z["low_res_logits"].shape == (1, 256, 256)
         np.save(tmp_path / "mask.npy", z["low_res_logits"])
+        without_mask = z["low_res_logits"]
     second = tmp_path / "second.npz"
     code, _, _ = run_cli(
-        capsys,
-        "predict",
-        TRUCK,
-        "--checkpoint",
-        CHECKPOINT,
-        "--backend",
-        "torch",
-        "--box",
-        "425,600,700,875",
-        "--point",
-        "560,700,1",
-        "--mask-input",
-        tmp_path / "mask.npy",
-        "--num-masks",
-        "1",
-        "--out",
-        second,
+        capsys, *common, "--mask-input", tmp_path / "mask.npy", "--num-masks", "1", "--out", second
     )
     assert code == 0
-    with np.load(first) as a, np.load(second) as b:
-        assert np.abs(a["low_res_logits"] - b["low_res_logits"]).max() > 1e-3
+    with np.load(second) as z:
+        with_mask = z["low_res_logits"]
+    emb = torch_predictor.encode(load_image(TRUCK))
+    direct = torch_predictor.predict(box=box, mask_input=without_mask, num_multimask_outputs=1, embedding=emb)
+    np.testing.assert_allclose(with_mask, direct.low_res_logits, rtol=0, atol=1e-4)
+    no_mask = torch_predictor.predict(box=box, num_multimask_outputs=1, embedding=emb)
+    np.testing.assert_allclose(without_mask, no_mask.low_res_logits, rtol=0, atol=1e-4)
+    assert np.abs(with_mask - without_mask).max() > 1e-2  # the mask input changed the answer
 
 
 def test_predict_backends_agree(tmp_path, capsys, onnx_dir):
