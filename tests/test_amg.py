@@ -13,7 +13,6 @@ from pycocotools import mask as mask_utils
 
 from edgesam_backend.runtime import transforms
 from edgesam_backend.runtime.amg import AutomaticMaskGenerator
-from edgesam_backend.runtime.base import BasePredictor
 from edgesam_backend.runtime.boxes import box_iou, nms
 from edgesam_backend.runtime.image import load_image
 from edgesam_backend.runtime.masks import (
@@ -23,61 +22,13 @@ from edgesam_backend.runtime.masks import (
     encode_rles_transposed,
     mask_to_uncompressed_rle,
     remove_small_regions,
-    stability_score,
 )
 
 from .conftest import IMAGES
+from .helpers import DiscPredictor
 
 # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation; harmless
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-
-# --- a synthetic predictor: discs around each prompt -------------------------------------------------
-
-
-class DiscPredictor(BasePredictor):
-    """Deterministic stand-in decoder: token k is a disc of radius ``RADII[k]`` low-res cells around the
-    point (logit ``radius - distance``), or around a box's centre with the box's half short side; so
-    token stabilities differ (~0.25, 0.51, 0.64, 0.75). With ``islands`` every mask also gets a small
-    detached blob and a small hole. The encoder returns zeros; calls are recorded."""
-
-    RADII = (3.0, 6.0, 9.0, 14.0)
-
-    def __init__(self, islands: bool = False) -> None:
-        super().__init__()
-        self.islands = islands
-        self.encoded_hw: list[tuple[int, int]] = []
-        self.batch_sizes: list[int] = []
-        yy, xx = np.mgrid[0:256, 0:256]
-        self._yy = (yy + 0.5).astype(np.float64)
-        self._xx = (xx + 0.5).astype(np.float64)
-
-    def encode(self, image):
-        self.encoded_hw.append((int(image.shape[0]), int(image.shape[1])))
-        return super().encode(image)
-
-    def _encode_tensor(self, x):
-        return np.zeros((1, 256, 64, 64), np.float32)
-
-    def _decode(self, embeddings, coords, labels, mask_input):
-        b = coords.shape[0]
-        self.batch_sizes.append(b)
-        is_box = labels[:, 0] == 2
-        centres = np.where(is_box[:, None], coords[:, :2].mean(axis=1), coords[:, 0]) / 4.0
-        half = np.abs(coords[:, 1] - coords[:, 0]).min(axis=1) / 8.0
-        d = np.hypot(self._xx[None] - centres[:, 0, None, None], self._yy[None] - centres[:, 1, None, None])
-        low = np.empty((b, 4, 256, 256), np.float32)
-        for k, r in enumerate(self.RADII):
-            radius = np.where(is_box, np.maximum(half, 2.0), r)
-            low[:, k] = radius[:, None, None] - d
-        if self.islands:
-            for i in range(b):
-                cx, cy = np.floor(centres[i]).astype(int)
-                low[i, :, cy : cy + 2, cx : cx + 2] = -5.0  # hole at the centre
-                ix = cx + 22 if cx + 24 < 256 else cx - 24
-                low[i, :, cy : cy + 2, ix : ix + 2] = 5.0  # island beside the disc
-        iou = np.tile(np.array([0.1, 0.4, 0.7, 0.9], np.float32), (b, 1))
-        iou -= (np.arange(b, dtype=np.float32) % 5)[:, None] * 0.01
-        return low, iou, stability_score(low)
 
 
 def synthetic_image(h: int = 480, w: int = 640) -> np.ndarray:

@@ -27,9 +27,10 @@ from edgesam_backend.pipeline.steps.exports.yolo import YoloExport, YoloExportCo
 from edgesam_backend.pipeline.steps.refine import Refine, RefineConfig
 from edgesam_backend.pipeline.steps.segment import Segment, SegmentConfig
 from edgesam_backend.pipeline.worker import to_records
-from edgesam_backend.runtime.base import BasePredictor, ImageEmbedding
-from edgesam_backend.runtime.masks import stability_score
+from edgesam_backend.runtime.base import ImageEmbedding
 from edgesam_backend.runtime.proposals import Proposals
+
+from .helpers import DiscPredictor
 
 
 def ctx(tmp_path: Path, index: int = 0) -> StepContext:
@@ -45,42 +46,17 @@ def png(path: Path, w: int = 40, h: int = 30) -> Path:
 # --- a synthetic decoder -----------------------------------------------------------------------------
 
 
-class FakePredictor(BasePredictor):
-    """Discs in the 256² low-res grid: token k has radius ``RADII[k]`` cells around a point prompt (so
-    stability rises with k), a box prompt gives a disc of its half short side; a mask input adds 3 cells
-    (refinement visibly changes the mask). IoU outputs favour token 1. Calls are recorded."""
-
-    RADII = (8.0, 16.0, 24.0, 40.0)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int, int, bool]] = []
-        yy, xx = np.mgrid[0:256, 0:256]
-        self._yy, self._xx = yy + 0.5, xx + 0.5
-
-    def _encode_tensor(self, x):
-        return np.zeros((1, 256, 64, 64), np.float32)
-
-    def _decode(self, embeddings, coords, labels, mask_input):
-        b, n = coords.shape[:2]
-        self.calls.append((b, n, mask_input is not None))
-        is_box = (labels == 2).any(axis=1)
-        box_at = np.argmax(labels == 2, axis=1)
-        idx = np.arange(b)
-        box_c = (coords[idx, box_at] + coords[idx, np.minimum(box_at + 1, n - 1)]) / 2
-        centres = np.where(is_box[:, None], box_c, coords[:, 0]) / 4.0
-        half = np.abs(coords[idx, np.minimum(box_at + 1, n - 1)] - coords[idx, box_at]).min(axis=1) / 8.0
-        d = np.hypot(self._xx[None] - centres[:, 0, None, None], self._yy[None] - centres[:, 1, None, None])
-        low = np.empty((b, 4, 256, 256), np.float32)
-        grow = 3.0 if mask_input is not None else 0.0
-        for k, r in enumerate(self.RADII):
-            radius = np.where(is_box, np.maximum(half, 2.0), r) + grow
-            low[:, k] = radius[:, None, None] - d
-        iou = np.tile(np.array([0.2, 0.9, 0.4, 0.6], np.float32), (b, 1))
-        return low, iou, stability_score(low)
+#: Token radii (low-res cells) of the pipeline tests' disc decoder: stability rises with the token.
+RADII = (8.0, 16.0, 24.0, 40.0)
 
 
-def fake_job(pred: FakePredictor, hw=(240, 320), item: ImageItem | None = None, batch: int = 64) -> ImageJob:
+def fake_predictor() -> DiscPredictor:
+    """Discs around each prompt (see :class:`tests.helpers.DiscPredictor`); a mask input adds 3 cells, the
+    IoU outputs favour token 1 on every row."""
+    return DiscPredictor(RADII, (0.2, 0.9, 0.4, 0.6), iou_jitter=False, mask_grow=3.0)
+
+
+def fake_job(pred: DiscPredictor, hw=(240, 320), item: ImageItem | None = None, batch: int = 64) -> ImageJob:
     image = np.zeros((*hw, 3), np.uint8)
     item = item or ImageItem(0, 1, "a.png", "/nowhere/a.png")
     return ImageJob(item, image, pred.encode(image), pred, batch)
@@ -346,7 +322,7 @@ def test_proposals_prompt(tmp_path):
 
 
 def test_segment_batches_by_prompt_shape_and_chooses_tokens(tmp_path):
-    pred = FakePredictor()
+    pred = fake_predictor()
     prompts = [
         Prompt("point", points=[[100, 100]], point_labels=[1], label="p"),
         Prompt("box", box=[40, 40, 120, 100], label="b"),
@@ -370,28 +346,28 @@ def test_segment_batches_by_prompt_shape_and_chooses_tokens(tmp_path):
     assert areas[0] == areas[2] == areas[4]
     assert ms.low_res.shape == (6, 256, 256) and ms.source_prompts[1].box == [40, 40, 120, 100]
     d = np.hypot(*np.mgrid[0:256, 0:256] + 0.5 - np.array([100, 100])[:, None, None] / 320 * 1024 / 4)
-    r_best = FakePredictor.RADII[3]
+    r_best = RADII[3]
     np.testing.assert_allclose(ms.low_res[0], r_best - d, atol=1e-4)
     # quality iou picks token 1 (the IoU head's favourite)
-    pred2 = FakePredictor()
+    pred2 = fake_predictor()
     ms2 = Segment(SegmentConfig(quality_score="iou"), ctx(tmp_path)).segment(
         fake_job(pred2), ListPrompt(prompts[:1]), []
     )
     assert ms2.iou[0] == pytest.approx(0.9) and int(rle_decode(ms2.rles[0]).sum()) < areas[0]
     # explicit single-mask output
     ms3 = Segment(SegmentConfig(multimask_output=False), ctx(tmp_path)).segment(
-        fake_job(FakePredictor()), ListPrompt(prompts[:1]), []
+        fake_job(fake_predictor()), ListPrompt(prompts[:1]), []
     )
     assert ms3.iou[0] == pytest.approx(0.2)
 
 
 def test_segment_with_no_prompts(tmp_path):
-    ms = Segment(SegmentConfig(), ctx(tmp_path)).segment(fake_job(FakePredictor()), ListPrompt([]), [])
+    ms = Segment(SegmentConfig(), ctx(tmp_path)).segment(fake_job(fake_predictor()), ListPrompt([]), [])
     assert len(ms) == 0 and to_records(ms) == ([], 0)
 
 
 def test_grid_mode_uses_the_first_refine_step_inside_the_generator(tmp_path):
-    pred = FakePredictor()
+    pred = fake_predictor()
     grid = P.GridPrompt(P.GridConfig(points_per_side=3), ctx(tmp_path, 1))
     r1 = Refine(RefineConfig(stability_score_thresh=0.5, box_nms_thresh=0.99, max_masks=2), ctx(tmp_path, 3))
     r2 = Refine(RefineConfig(stability_score_thresh=0.99), ctx(tmp_path, 4))
@@ -410,7 +386,7 @@ def test_grid_mode_uses_the_first_refine_step_inside_the_generator(tmp_path):
 
 
 def test_refine_iterations_feed_the_logits_back(tmp_path):
-    pred = FakePredictor()
+    pred = fake_predictor()
     job = fake_job(pred, batch=2)
     prompts = [Prompt("point", points=[[100, 100]], point_labels=[1]), Prompt("box", box=[40, 40, 120, 100])]
     ms = Segment(SegmentConfig(), ctx(tmp_path)).segment(job, ListPrompt(prompts), [])
@@ -423,7 +399,7 @@ def test_refine_iterations_feed_the_logits_back(tmp_path):
     # 3 cells; the point prompt switches from the widest multimask disc to token 0 (+3 cells)
     assert after[1] > before[1] and job.stats["refine_iterations"] == 2
     assert out.iou.tolist() == pytest.approx([0.2, 0.2])
-    assert out.low_res[0].max() == pytest.approx(FakePredictor.RADII[0] + 3.0, abs=0.8)
+    assert out.low_res[0].max() == pytest.approx(RADII[0] + 3.0, abs=0.8)
     with pytest.raises(PipelineError, match="mask input"):
         Refine(RefineConfig(iterations=1), ctx(tmp_path)).check_model(ModelInfo(True, False), "prompts")
 
@@ -448,7 +424,7 @@ def rect(h, w, y0, y1, x0, x1):
 
 
 def test_refine_small_regions_smoothing_filters_nms(tmp_path):
-    job = fake_job(FakePredictor(), hw=(60, 80))
+    job = fake_job(fake_predictor(), hw=(60, 80))
     m = rect(60, 80, 10, 40, 10, 50)
     m[20:22, 20:22] = False  # a small hole
     m[50:52, 70:72] = True  # a small island
