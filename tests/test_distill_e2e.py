@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +30,8 @@ from edgesam_backend.training.phase2 import Phase2Stats, phase2_loss
 from edgesam_backend.training.schemas import schemas
 from edgesam_backend.training.synthetic import write_coco_dataset
 from edgesam_backend.yamlconfig import ConfigError, load_yaml_model, schema_text
+
+from .helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -390,9 +391,7 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(raw))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())  # for the rendezvous
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     cmd += ["-m", "edgesam_backend.cli", "distill", "phase1", str(path), "--max-steps", "3"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

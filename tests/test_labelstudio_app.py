@@ -26,6 +26,7 @@ from edgesam_backend.labelstudio.settings import Settings
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
+from .helpers import free_port, ls_keypoint, ls_rectangle
 from .test_labelstudio_units import CONFIG
 
 POLY_CONFIG = CONFIG.replace(
@@ -93,38 +94,12 @@ def client(files: Path, onnx_predictor):
 
 
 def _kp(x, y, positive=True, w=640, h=428, rot=0):
-    item = {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": rot,
-        "value": {"x": x, "y": y, "width": 0.26, "keypointlabels": ["Foreground"]},
-        "is_positive": positive,
-        "from_name": "tag2",
-        "to_name": "image",
-        "type": "keypointlabels",
-    }
-    if positive is None:
-        del item["is_positive"]
-    return item
+    """A labelled keypoint (``positive=None``: without ``is_positive``) on the 640 x 428 test image."""
+    return ls_keypoint(x, y, positive, w=w, h=h, rot=rot, labelled=True)
 
 
 def _rect(x, y, bw, bh, w=640, h=428):
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {
-            "x": x,
-            "y": y,
-            "width": bw,
-            "height": bh,
-            "rotation": 0,
-            "rectanglelabels": ["Background"],
-        },
-        "from_name": "tag3",
-        "to_name": "image",
-        "type": "rectanglelabels",
-    }
+    return ls_rectangle(x, y, bw, bh, w=w, h=h, label="Background")
 
 
 def _predict(
@@ -525,8 +500,6 @@ def test_basic_auth(files, onnx_predictor) -> None:
 
 
 def test_edgesam_serve_command(onnx_dir: Path, tmp_path: Path) -> None:
-    from .e2e_labelstudio.ls_server import free_port
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("LABEL_STUDIO_URL", "BASIC_AUTH_USER")}
     proc = subprocess.Popen(

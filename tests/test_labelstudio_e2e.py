@@ -24,6 +24,7 @@ from edgesam_backend.runtime.image import load_image
 from .conftest import IMAGES
 from .e2e_labelstudio import ls_server
 from .e2e_labelstudio.sdk import sdk_decode, sdk_encode
+from .helpers import free_port, ls_keypoint, ls_rectangle
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,7 @@ class _Backend:
     def __init__(self, app) -> None:
         import uvicorn
 
-        self.port = ls_server.free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -110,42 +111,16 @@ class _Backend:
 
 
 def _keypoint(x: float, y: float, w: int, h: int, positive: bool | None, label: str = "Foreground") -> dict:
-    item = {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.26},
-        "id": f"kp{x:.0f}{y:.0f}",
-        "from_name": "tag2",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-    }
-    if positive is not None:  # a manual (non-smart) keypoint has neither is_positive nor labels
-        item["is_positive"] = positive
-        item["value"].update({"labels": [label], "keypointlabels": [label]})
+    """As Label Studio's front end sends it; a manual (non-smart) keypoint has neither is_positive nor
+    labels."""
+    item = ls_keypoint(x, y, positive, w=w, h=h, label=label, id=f"kp{x:.0f}{y:.0f}", origin="manual")
+    if positive is not None:
+        item["value"]["labels"] = [label]
     return item
 
 
 def _rectangle(x: float, y: float, bw: float, bh: float, w: int, h: int) -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {
-            "x": x,
-            "y": y,
-            "width": bw,
-            "height": bh,
-            "rotation": 0,
-            "rectanglelabels": ["Foreground"],
-        },
-        "id": "rect1",
-        "from_name": "tag3",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "origin": "manual",
-    }
+    return ls_rectangle(x, y, bw, bh, w=w, h=h, id="rect1", origin="manual")
 
 
 def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from edgesam_backend.labelstudio.images import ImageFetcher, decode_image
 from edgesam_backend.labelstudio.metrics import Metrics
 from edgesam_backend.labelstudio.settings import Settings, SettingsError
 
+from .helpers import ls_keypoint, ls_rectangle
+
 CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <BrushLabels name="tag" toName="image">
@@ -94,20 +96,7 @@ def test_config_errors(xml: str, message: str) -> None:
 # --- interactive context ----------------------------------------------------------------------------
 
 
-def _kp(x, y, positive=True, w=640, h=480, rot=0, label="Foreground"):
-    item = {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": rot,
-        "value": {"x": x, "y": y, "width": 0.26},
-        "from_name": "tag2",
-        "to_name": "image",
-        "type": "keypointlabels",
-    }
-    if positive is not None:
-        item["is_positive"] = positive
-        item["value"]["keypointlabels"] = [label]
-    return item
+_kp = ls_keypoint  # units tests: 640 x 480, labelled only when positive is given
 
 
 def test_context_keypoints_accumulate_with_signs() -> None:
@@ -122,21 +111,7 @@ def test_context_keypoints_accumulate_with_signs() -> None:
 
 def test_context_rectangle_is_a_box() -> None:
     cfg = parse_label_config(CONFIG)
-    rect = {
-        "original_width": 640,
-        "original_height": 480,
-        "image_rotation": 0,
-        "value": {
-            "x": 64.118,
-            "y": 60.439,
-            "width": 24.907,
-            "height": 29.099,
-            "rotation": 0,
-            "rectanglelabels": ["Background"],
-        },
-        "type": "rectanglelabels",
-        "to_name": "image",
-    }
+    rect = ls_rectangle(64.118, 60.439, 24.907, 29.099, w=640, h=480, label="Background")
     raw = parse_context({"result": [rect]}, cfg)
     px = to_pixels(raw, (480, 640))
     assert raw.label == "Background" and px.point_coords is None

@@ -23,6 +23,8 @@ import pytest
 from edgesam_backend import weights as W
 from edgesam_backend.fileio import file_sha256
 
+from .helpers import free_port
+
 REFERENCE_CKPT = Path("/work/shared/reference/edgesam/weights_perturbed.pth")
 
 
@@ -129,11 +131,7 @@ def server() -> Iterator[LoopbackServer]:
 
 
 def _closed_port_url() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from ..helpers import free_port
 
 LS_VERSION = "1.23.2"
 LS_REQUIREMENT = f"label-studio=={LS_VERSION}"
@@ -73,12 +74,6 @@ def ensure_venv() -> Path:
             raise Unavailable(f"cannot pip install {LS_REQUIREMENT} from PyPI (no network?): {tail}")
         _marker(venv).touch()
     return venv
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
