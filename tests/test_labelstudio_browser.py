@@ -184,7 +184,7 @@ def test_annotator_in_the_browser(ls_venv: Path, browser, onnx_predictor, tmp_pa
                 assert np.array_equal(got, want), f"request {i}: mask differs from the predictor's"
                 inside, outside = _on_screen(clean, _screen(page, clip), want)
                 assert inside >= 0.6 and inside >= outside + 0.3, (
-                    f"request {i}: mask not on the canvas (changed {inside:.2f} inside, {outside:.2f} outside)"
+                    f"request {i}: mask not on the canvas (changed: {inside:.2f} in, {outside:.2f} out)"
                 )
 
             def deselect() -> None:
