@@ -23,6 +23,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from ..runtime.providers import Device
+
 MaskChoice = Literal["auto", "single", "stability", "iou"]
 
 
@@ -50,7 +52,7 @@ class Settings(BaseModel):
     intra_op_threads: int | None = Field(None, ge=1)
     model_version: str | None = None
     int8: bool = False
-    device: str = "cpu"
+    device: Device = "cpu"
 
     # interactive
     mask_choice: MaskChoice = "auto"
@@ -91,16 +93,6 @@ class Settings(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
         return v
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        from ..runtime.providers import DeviceError, normalise_device
-
-        try:
-            return normalise_device(v)
-        except DeviceError as exc:
-            raise ValueError(str(exc)) from None
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

@@ -84,14 +84,15 @@ def _fmt(keys: list[str], limit: int = 10) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_state_dict(
-    sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]] | None = None
-) -> None:
-    """Raise :class:`CheckpointError` unless ``sd`` has exactly EdgeSAM's keys and shapes
-    (plus optional-prefix keys)."""
-    expected = expected if expected is not None else _expected_layout()
+def layout_problems(
+    sd: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    ignore_prefixes: tuple[str, ...] = (),
+) -> list[str]:
+    """What separates ``sd`` from the ``expected`` key → shape layout: missing keys, unexpected keys
+    (except those under ``ignore_prefixes``) and shape mismatches, one phrase each (empty: it fits)."""
     missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected and not k.startswith(OPTIONAL_PREFIXES)]
+    unexpected = [k for k in sd if k not in expected and not k.startswith(ignore_prefixes)]
     wrong = [
         f"{k} {tuple(sd[k].shape)} != {expected[k]}"
         for k in expected
@@ -104,8 +105,19 @@ def check_state_dict(
         problems.append(f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}")
     if wrong:
         problems.append(f"{len(wrong)} shape mismatches: {_fmt(wrong, 5)}")
+    return problems
+
+
+def check_state_dict(
+    sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]] | None = None
+) -> None:
+    """Raise :class:`CheckpointError` unless ``sd`` has exactly EdgeSAM's keys and shapes
+    (plus optional-prefix keys)."""
+    expected = expected if expected is not None else _expected_layout()
+    problems = layout_problems(sd, expected, OPTIONAL_PREFIXES)
     if problems:
         hint = ""
+        missing = any(k not in sd for k in expected)
         if missing and any(k.startswith("image_encoder.blocks.") or "patch_embed" in k for k in sd):
             hint = " (this looks like a SAM ViT or MobileSAM checkpoint, not EdgeSAM)"
         raise CheckpointError("not an EdgeSAM checkpoint" + hint + ": " + "; ".join(problems))

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..runtime.transforms import PIXEL_MEAN, PIXEL_STD
-from .checkpoint import CheckpointError, read_checkpoint_file, unwrap_state_dict
+from .checkpoint import CheckpointError, layout_problems, read_checkpoint_file, unwrap_state_dict
 from .common import LayerNorm2d, MLPBlock
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -355,14 +355,8 @@ def adapt_state_dict_to_img_size(
 def check_teacher_state_dict(sd: Mapping[str, torch.Tensor], kind: str, img_size: int = 1024) -> None:
     """Raise :class:`CheckpointError` unless ``sd`` has exactly the keys and shapes of SAM ``kind``."""
     expected = teacher_layout(kind, img_size)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)} != {expected[k]}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != expected[k]
-    ]
-    if not (missing or unexpected or wrong):
+    parts = layout_problems(sd, expected)
+    if not parts:
         return
     found = infer_vit_kind(sd)
     if any(k.startswith("image_encoder.features.") for k in sd):
@@ -375,19 +369,7 @@ def check_teacher_state_dict(sd: Mapping[str, torch.Tensor], kind: str, img_size
         hint = " (the prompt_encoder.* / mask_decoder.* weights are absent: use the full SAM checkpoint)"
     else:
         hint = ""
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {_fmt(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_fmt(unexpected)}")
-    if wrong:
-        parts.append(f"{len(wrong)} shape mismatches: {_fmt(wrong, 5)}")
     raise CheckpointError(f"not a SAM {kind} checkpoint{hint}: " + "; ".join(parts))
-
-
-def _fmt(keys: list[str], limit: int = 10) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def build_sam_teacher(

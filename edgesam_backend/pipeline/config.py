@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
+from ..runtime.providers import Device
 from ..yamlconfig import StrictModel
 from .registry import StepSpec, load_registry
 from .types import AnyPath, PositiveInt
@@ -46,19 +47,9 @@ class ModelConfig(StrictModel):
     onnx_dir: AnyPath | None = Field(None, description="directory with encoder.onnx and decoder.onnx")
     threads: PositiveInt | None = Field(None, description="onnxruntime intra-op threads per model")
     int8: bool = Field(False, description="use encoder.int8.onnx (written by `edgesam export --int8`)")
-    device: str = Field(
+    device: Device = Field(
         "cpu", description="onnxruntime device: cpu, cuda[:N], tensorrt[:N], openvino, coreml or auto"
     )
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        from ..runtime.providers import DeviceError, normalise_device
-
-        try:
-            return normalise_device(v)
-        except DeviceError as exc:
-            raise ValueError(str(exc)) from None
 
     @field_validator("checkpoint")
     @classmethod

@@ -27,8 +27,19 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+class _PlainRecord:
+    """``to_dict`` / ``from_dict`` of a dataclass whose fields are all JSON values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**d)
+
+
 @dataclass
-class Annotation:
+class Annotation(_PlainRecord):
     """One annotation carried by a source (COCO / Label Studio) or a detections file.
 
     ``box``: XYXY pixels or None; ``points`` / ``point_labels``: (x, y) pixels and 1/0 labels (keypoints
@@ -42,13 +53,6 @@ class Annotation:
     label: str | None = None
     score: float | None = None
     ref: str | int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Annotation:
-        return cls(**d)
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Prompt:
 
 
 @dataclass
-class MaskRecord:
+class MaskRecord(_PlainRecord):
     """One output mask (JSON-serialisable).
 
     ``segmentation``: COCO RLE ``{"size": [H, W], "counts": str}``; ``area`` in pixels; ``bbox`` XYWH
@@ -138,13 +142,6 @@ class MaskRecord:
     stability_score: float
     label: str | None
     prompt: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MaskRecord:
-        return cls(**d)
 
 
 @dataclass

@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -86,6 +88,11 @@ def normalise_device(device: str) -> str:
     if kind in ("cuda", "tensorrt"):
         return f"{kind}:{index or 0}"
     return kind
+
+
+#: A pydantic field type for a ``device`` option: validated and normalised by :func:`normalise_device`
+#: (a :class:`DeviceError` is a ``ValueError``, so pydantic reports it at the field).
+Device = Annotated[str, AfterValidator(normalise_device)]
 
 
 def available_providers() -> list[str]:

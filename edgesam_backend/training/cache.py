@@ -48,6 +48,19 @@ class CacheEntry:
     shard: str
     offset: int
 
+    @classmethod
+    def from_record(cls, d: dict[str, Any], shard: str, offset: int) -> CacheEntry:
+        """The entry of a manifest record ``d`` stored at ``offset`` of ``shard``."""
+        return cls(
+            d["image_id"],
+            d["file"],
+            d["sha256"],
+            tuple(d["original_hw"]),
+            tuple(d["input_hw"]),
+            shard,
+            offset,
+        )
+
 
 class EmbeddingCache:
     """Read side of the cache (and the manifest bookkeeping of the write side)."""
@@ -86,15 +99,7 @@ class EmbeddingCache:
                     continue  # a line cut short by a crash
                 if not (self.dir / d["shard"]).is_file():
                     continue
-                self.entries[d["image_id"]] = CacheEntry(
-                    d["image_id"],
-                    d["file"],
-                    d["sha256"],
-                    tuple(d["original_hw"]),
-                    tuple(d["input_hw"]),
-                    d["shard"],
-                    int(d["offset"]),
-                )
+                self.entries[d["image_id"]] = CacheEntry.from_record(d, d["shard"], int(d["offset"]))
 
     def __contains__(self, image_id: str) -> bool:
         return image_id in self.entries
@@ -146,15 +151,7 @@ class EmbeddingCache:
         for off, rec in enumerate(records):
             d = {**rec, "shard": name, "offset": off}
             lines.append(json.dumps(d, sort_keys=True))
-            self.entries[d["image_id"]] = CacheEntry(
-                d["image_id"],
-                d["file"],
-                d["sha256"],
-                tuple(d["original_hw"]),
-                tuple(d["input_hw"]),
-                name,
-                off,
-            )
+            self.entries[d["image_id"]] = CacheEntry.from_record(d, name, off)
         with open(self.dir / f"manifest_r{rank}.jsonl", "a") as f:
             f.write("\n".join(lines) + "\n")
             f.flush()
