@@ -11,9 +11,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgesam_backend.export.agreement import agreement, default_prompts, mask_iou
+from edgesam_backend.export.agreement import agreement, default_prompts
 from edgesam_backend.export.calibration import ImageCalibrationReader, list_images
 from edgesam_backend.export.int8 import is_int8_model, quantize_encoder
+from edgesam_backend.runtime.masks import mask_iou
 from edgesam_backend.runtime.model_files import INT8_ENCODER_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,13 +163,14 @@ def test_agreement_catches_a_broken_int8_encoder(q8_dir: Path, predictors, tmp_p
 
 def test_mask_iou_and_prompts():
     a = np.zeros((4, 4), bool)
-    assert mask_iou(a, a) == 1.0
+    assert mask_iou(a, a, empty=1.0) == 1.0 and np.isnan(mask_iou(a, a))
     b = a.copy()
     b[:2] = True
     assert mask_iou(a, b) == 0.0
     c = b.copy()
     c[:, :2] = True
     assert mask_iou(b, c) == pytest.approx(8 / 12)
+    assert np.allclose(mask_iou(np.stack([b, c]), np.stack([c, c])), [8 / 12, 1.0])  # batched
     p = default_prompts(100, 200)
     assert p == default_prompts(100, 200)  # deterministic
     assert sum(q["box"] is not None for q in p) == 2 and p[4]["point_coords"] == [[100.0, 50.0]]

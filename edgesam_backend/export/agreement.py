@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from ..runtime.base import BasePredictor
 from ..runtime.image import load_image
+from ..runtime.masks import mask_iou
 from .metadata import update_metadata
 
 #: Mean best-mask IoU against fp32 at which int8 may be used by default.
@@ -38,14 +39,6 @@ def default_prompts(h: int, w: int) -> list[dict[str, Any]]:
             }
         )
     return prompts
-
-
-def mask_iou(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
-    """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
-    union = int(np.count_nonzero(a | b))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(a & b)) / union
 
 
 def _best_mask(predictor: BasePredictor, emb: Any, prompt: dict[str, Any]) -> NDArray[np.bool_]:
@@ -96,7 +89,8 @@ def agreement(
         rel_errors.append(diff / ref if ref > 0 else (0.0 if diff == 0 else float("inf")))
         prompts = default_prompts(*image.shape[:2])[:prompts_per_image]
         img_ious = [
-            mask_iou(_best_mask(fp32_predictor, e32, p), _best_mask(int8_predictor, e8, p)) for p in prompts
+            float(mask_iou(_best_mask(fp32_predictor, e32, p), _best_mask(int8_predictor, e8, p), empty=1.0))
+            for p in prompts
         ]
         per_image[name] = float(np.mean(img_ious))
         ious.extend(img_ious)

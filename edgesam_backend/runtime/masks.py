@@ -25,6 +25,16 @@ def stability_score(
 # --- mask utilities for automatic mask generation ---------------------------------------------------
 
 
+def mask_iou(a: NDArray[np.bool_], b: NDArray[np.bool_], empty: float = float("nan")) -> NDArray[np.float64]:
+    """IoU of bool masks ``(..., H, W)`` pairwise along the leading axes → ``(...)`` float64; ``empty``
+    where both masks are empty (NaN: no evidence; 1.0: "both say nothing" agrees)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    inter = np.count_nonzero(a & b, axis=(-2, -1)).astype(np.float64)
+    union = np.count_nonzero(a | b, axis=(-2, -1)).astype(np.float64)
+    return np.where(union > 0, inter / np.maximum(union, 1.0), empty)
+
+
 def batched_mask_to_box(masks: NDArray[np.bool_]) -> NDArray[np.int64]:
     """Tight boxes of binary masks ``(..., H, W)`` → ``(..., 4)`` int64 XYXY with *inclusive* max
     indices (``x1`` is the last column that has a pixel), ``[0, 0, 0, 0]`` for empty masks — SAM's

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from ..fileio import atomic_write_text
 from ..formats.coco import decode_segmentation
-from ..runtime import transforms
+from ..runtime import masks, transforms
 from .data import DistillDataset
 from .distill_config import EvalConfig, EvalModelConfig
 from .loop import num_threads
@@ -43,12 +43,11 @@ SIZE_BINS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96
 
 def mask_iou(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.ndarray:
     """IoU of bool masks ``(K, H, W)`` → ``(K,)`` float64, NaN where the union is empty."""
-    p = torch.as_tensor(pred).bool().flatten(1)
-    g = torch.as_tensor(gt).bool().flatten(1)
-    inter = (p & g).sum(1).double()
-    union = (p | g).sum(1).double()
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
-    return iou.numpy()
+    return masks.mask_iou(_numpy(pred), _numpy(gt))
+
+
+def _numpy(m: np.ndarray | torch.Tensor) -> np.ndarray:
+    return m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
 
 
 def miou(ious: np.ndarray) -> float:
