@@ -15,6 +15,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from ..formats.imagefiles import IMAGE_EXTENSIONS, is_image_file
 from ..runtime import transforms
 from ..runtime.image import ImageError, load_image
+from ..runtime.model_files import check_encoder
 
 
 def list_images(directory: str | os.PathLike[str]) -> list[Path]:
@@ -37,8 +38,15 @@ def input_name_of(model: str | os.PathLike[str] | onnx.ModelProto) -> str:
     return names[0]
 
 
+def input_side_of(model: str | os.PathLike[str] | onnx.ModelProto) -> int:
+    """The encoder's square input side ``S`` (input ``(1, 3, S, S)``; see ``model_files.check_encoder``)."""
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    return check_encoder(m, "calibration model")[2]
+
+
 class ImageCalibrationReader(CalibrationDataReader):
-    """Feeds ``transforms.preprocess(load_image(p))[0]`` for each path, one image per batch.
+    """Feeds ``transforms.preprocess(load_image(p), S)[0]`` for each path, one image per batch
+    (``S``: ``image_size``, else the model's input side).
 
     Images are decoded lazily (one 12 MiB tensor alive at a time). ``input_name`` is read from
     ``model`` (a path or ModelProto) unless given.
@@ -49,6 +57,7 @@ class ImageCalibrationReader(CalibrationDataReader):
         image_paths: Iterable[str | os.PathLike[str]],
         model: str | os.PathLike[str] | onnx.ModelProto | None = None,
         input_name: str | None = None,
+        image_size: int | None = None,
     ) -> None:
         self.paths = [Path(p) for p in image_paths]
         if input_name is None:
@@ -56,6 +65,10 @@ class ImageCalibrationReader(CalibrationDataReader):
                 raise ValueError("give the model or the input name")
             input_name = input_name_of(model)
         self.input_name = input_name
+        if image_size is None and model is not None:
+            image_size = input_side_of(model)
+        #: The model's input side ``S`` (the encoder input's static side; 1024 when unknown).
+        self.image_size = image_size or transforms.IMAGE_SIZE
         self._pos = 0
 
     def get_next(self) -> dict[str, NDArray[np.float32]] | None:
@@ -63,7 +76,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         path = self.paths[self._pos]
         self._pos += 1
-        x, _ = transforms.preprocess(load_image(path))
+        x, _ = transforms.preprocess(load_image(path), self.image_size)
         return {self.input_name: x}
 
     def rewind(self) -> None:

@@ -140,7 +140,8 @@ def export_encoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, repar
     outputs = ["image_embeddings"] + (
         ["proposal_logits", "proposal_ltrb"] if model.rpn_head is not None else []
     )
-    dummy = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(0))
+    s = model.image_size
+    dummy = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer/constant-folding chatter; validation checks the result
         torch.onnx.export(
@@ -162,11 +163,13 @@ def export_decoder(model: EdgeSam, path: Path, opset: int = DEFAULT_OPSET, fast:
     ).eval()
     g = torch.Generator().manual_seed(0)
     b, n = 2, 3
+    s = model.image_size
+    e, low = s // transforms.EMBED_STRIDE, transforms.low_res_size(s)
     dummy = (
-        torch.randn(1, 256, 64, 64, generator=g),
-        torch.randint(0, 1024, (b, n, 2), generator=g).float(),
+        torch.randn(1, 256, e, e, generator=g),
+        torch.randint(0, s, (b, n, 2), generator=g).float(),
         torch.randint(-1, 4, (b, n), generator=g).float(),
-        torch.randn(b, 1, 256, 256, generator=g),
+        torch.randn(b, 1, low, low, generator=g),
         torch.tensor([1.0, 0.0]),
     )
     dyn = {
@@ -216,7 +219,7 @@ def validate_export(
     image = _validation_image() if image is None else image
     tp = TorchPredictor(model)
     op = OnnxPredictor(encoder_path, decoder_path)
-    x, input_hw = transforms.preprocess(image)
+    x, input_hw = transforms.preprocess(image, model.image_size)
     t_out, o_out = tp._encode_outputs(x), op._encode_outputs(x)
     if set(t_out) != set(o_out):
         raise ExportError(f"encoder outputs differ: {sorted(t_out)} vs {sorted(o_out)}")
@@ -239,12 +242,12 @@ def validate_export(
     }
     dec: dict[str, float] = {}
     for name, (pc, pl, box) in prompts.items():
-        coords, labels = pack_prompt(pc, pl, box, te.original_hw)
+        coords, labels = pack_prompt(pc, pl, box, te.original_hw, te.image_size)
         t_low, t_iou, _ = tp.predict_low_res(coords, labels, embedding=te)  # same embeddings on both sides
         o_low, o_iou, _ = op.predict_low_res(coords, labels, embedding=te)
         dec[name] = float(max(np.abs(t_low - o_low).max(), np.abs(t_iou - o_iou).max()))
     # batched prompts with a mask input (refinement), B=3
-    coords, labels = pack_prompt([[w * 0.5, h * 0.4]], [1], None, te.original_hw)
+    coords, labels = pack_prompt([[w * 0.5, h * 0.4]], [1], None, te.original_hw, te.image_size)
     coords, labels = np.repeat(coords, 3, 0), np.repeat(labels, 3, 0)
     mask = np.stack([t_low[0, :1], t_low[0, 1:2], t_low[0, 2:3]]).astype(np.float32)
     t_low, t_iou, _ = tp.predict_low_res(coords, labels, mask, embedding=te)
@@ -280,12 +283,14 @@ def export_onnx(
     if isinstance(checkpoint, EdgeSam):
         model, ckpt_sha = checkpoint.eval(), "in-memory"
     else:
-        model, ckpt_sha = load_edge_sam(checkpoint, upsample_mode=upsample_mode), file_sha256(checkpoint)
+        model = load_edge_sam(checkpoint, upsample_mode=upsample_mode, image_size=None)  # the checkpoint's S
+        ckpt_sha = file_sha256(checkpoint)
     meta = {
         "edgesam.format_version": FORMAT_VERSION,
         "edgesam.producer": "edgesam-backend",
         "edgesam.upsample_mode": model.image_encoder.upsample_mode,
         "edgesam.checkpoint_sha256": ckpt_sha,
+        "edgesam.image_size": str(model.image_size),
     }
     dec_meta = {"edgesam.decoder_graph": "fast" if fast_decoder else "plain"}
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:

@@ -10,7 +10,7 @@ the wrong shape raises :class:`CheckpointError` naming the keys; nothing is load
 ``{"model": state_dict, "image_size": S}``: ``S`` is the square input side the weights were trained
 at (a plain int next to the state_dict). A bare state_dict, like the official files, means 1024.
 :func:`checkpoint_image_size` reads it; ``load_edge_sam(..., image_size=None)`` builds the model for
-it (the default stays 1024 because the runtime transforms are 1024-only for now).
+it, which is the default: the runtime (transforms, predictors, export) follows the model's size.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def load_edge_sam(
     checkpoint: str | os.PathLike[str] | Mapping[str, Any] | None,
     upsample_mode: str = "bicubic",
     with_rpn: bool | None = None,
-    image_size: int | None = IMAGE_SIZE,
+    image_size: int | None = None,
 ) -> EdgeSam:
     """Build EdgeSAM and load ``checkpoint`` (a path, a loaded object, or ``None`` for random init).
 

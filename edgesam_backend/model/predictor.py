@@ -32,8 +32,9 @@ class TorchPredictor(BasePredictor):
     ) -> None:
         super().__init__()
         if not isinstance(model, EdgeSam):
-            model = load_edge_sam(model, upsample_mode=upsample_mode)
+            model = load_edge_sam(model, upsample_mode=upsample_mode, image_size=None)  # checkpoint's S
         self.model = model.to(device).eval()
+        self.image_size = model.image_size
         self.device = torch.device(device)
 
     @torch.inference_mode()

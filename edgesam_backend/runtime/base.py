@@ -34,9 +34,9 @@ class ImageEmbedding:
     """One encoded image.
 
     Attributes:
-        embeddings: ``(1, 256, 64, 64)`` float32 image embeddings.
+        embeddings: ``(1, 256, E, E)`` float32 image embeddings (``E = S / 16``: 64 at 1024).
         original_hw: ``(H, W)`` of the original image.
-        input_hw: ``(h, w)`` after the longest-side-1024 resize (before padding).
+        input_hw: ``(h, w)`` after the longest-side-``S`` resize (before padding).
         proposals: region proposals (original frame) when the encoder has the RPN head, else None.
     """
 
@@ -44,6 +44,11 @@ class ImageEmbedding:
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
     proposals: Proposals | None = None
+
+    @property
+    def image_size(self) -> int:
+        """The model's input side ``S`` (``16 E`` for ``(1, 256, E, E)`` embeddings; 1024 official)."""
+        return transforms.image_size_of_embeddings(self.embeddings)
 
 
 @dataclass
@@ -80,6 +85,8 @@ class BasePredictor(ABC):
 
     #: Whether :meth:`_decode` accepts a mask input.
     supports_mask_input: bool = True
+    #: The model's square input side ``S`` (low-res logits ``S/4``, embeddings ``S/16``).
+    image_size: int = transforms.IMAGE_SIZE
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -109,13 +116,19 @@ class BasePredictor(ABC):
     # --- images ---------------------------------------------------------------------------------
     def encode(self, image: NDArray[np.uint8]) -> ImageEmbedding:
         """Encode an ``(H, W, 3)`` uint8 RGB image (pure: does not touch the default embedding)."""
-        x, input_hw = transforms.preprocess(image)
+        x, input_hw = transforms.preprocess(image, self.image_size)
         out = self._encode_outputs(x)
         emb = np.ascontiguousarray(out["image_embeddings"], dtype=np.float32)
         original_hw = (int(image.shape[0]), int(image.shape[1]))
         proposals = None
         if "proposal_logits" in out:
-            proposals = decode_proposals(out["proposal_logits"], out["proposal_ltrb"], input_hw, original_hw)
+            proposals = decode_proposals(
+                out["proposal_logits"],
+                out["proposal_ltrb"],
+                input_hw,
+                original_hw,
+                input_size=self.image_size,
+            )
         return ImageEmbedding(emb, original_hw, input_hw, proposals)
 
     def set_image(self, image: NDArray[np.uint8]) -> ImageEmbedding:
@@ -154,7 +167,7 @@ class BasePredictor(ABC):
             raise PromptError(
                 f"expected coords (B, N, 2) and labels (B, N), got {coords.shape}, {labels.shape}"
             )
-        mask = check_mask_input(mask_input, coords.shape[0])
+        mask = check_mask_input(mask_input, coords.shape[0], emb.image_size)
         if mask is not None and not self.supports_mask_input:
             raise PromptError(
                 "this decoder has no mask input (official-format ONNX export); "
@@ -213,8 +226,11 @@ class BasePredictor(ABC):
         if granularity_prior and box is None and point_coords is not None:
             if emb.proposals is None:
                 raise PromptError("granularity_prior needs an encoder with the region proposal head")
-            return (*prior_prompt(point_coords, point_labels, emb.proposals, emb.original_hw), True)
-        return (*pack_prompt(point_coords, point_labels, box, emb.original_hw), False)
+            return (
+                *prior_prompt(point_coords, point_labels, emb.proposals, emb.original_hw, emb.image_size),
+                True,
+            )
+        return (*pack_prompt(point_coords, point_labels, box, emb.original_hw, emb.image_size), False)
 
     def predict(
         self,

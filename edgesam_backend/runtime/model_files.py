@@ -41,11 +41,13 @@ class Capabilities:
         has_proposals: the encoder also emits ``proposal_logits`` / ``proposal_ltrb`` (RPN head).
         official_scores_are_stability: official decoder whose ``scores`` are stability scores (a
             ``Div`` produces them; exported with ``--use-stability-score``), else raw IoU.
-        encoder_input: name of the encoder's image input ``(1, 3, 1024, 1024)``.
-        encoder_output: name of the ``(1, 256, 64, 64)`` embedding output.
+        encoder_input: name of the encoder's image input ``(1, 3, S, S)``.
+        encoder_output: name of the ``(1, 256, S/16, S/16)`` embedding output.
         int8: the encoder holds QuantizeLinear/DequantizeLinear nodes.
         upsample_mode: ``edgesam.upsample_mode`` metadata of the encoder (``"bicubic"`` for our export;
             ``None`` for files without it, e.g. the official bilinear encoder).
+        image_size: the model's square input side ``S`` (the encoder input's static side; our export
+            also writes it as ``edgesam.image_size``); 1024 for the official files.
     """
 
     flavour: str
@@ -56,6 +58,7 @@ class Capabilities:
     encoder_output: str
     int8: bool
     upsample_mode: str | None
+    image_size: int = 1024
 
 
 def _load_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -87,18 +90,21 @@ def decoder_flavour(names: tuple[str, ...] | list[str]) -> str:
     raise OnnxModelError(f"unrecognised EdgeSAM decoder inputs {tuple(names)}{hint}")
 
 
-def check_encoder(model: onnx.ModelProto, path: str | os.PathLike[str]) -> tuple[str, str]:
-    """``(input name, embedding output name)`` of an encoder graph; raises if it is not one."""
+def check_encoder(model: onnx.ModelProto, path: str | os.PathLike[str]) -> tuple[str, str, int]:
+    """``(input name, embedding output name, image_size S)`` of an encoder graph (input
+    ``(1, 3, S, S)``, ``S`` a multiple of 64); raises if it is not one."""
     ins = _inputs(model)
-    if len(ins) != 1 or _dims(ins[0])[1:] != [3, 1024, 1024]:
+    dims = _dims(ins[0])[1:] if len(ins) == 1 else []
+    ok = len(dims) == 3 and dims[0] == 3 and isinstance(dims[1], int) and dims[1] == dims[2]
+    if not ok or int(dims[1]) < 64 or int(dims[1]) % 64:
         raise OnnxModelError(
-            f"{path}: expected one encoder input of shape (1, 3, 1024, 1024), got "
-            f"{[(i.name, _dims(i)) for i in ins]}"
+            f"{path}: expected one encoder input of shape (1, 3, S, S) with S a multiple of 64 "
+            f"(1024 official), got {[(i.name, _dims(i)) for i in ins]}"
         )
     outs = [o.name for o in model.graph.output]
     if not outs:
         raise OnnxModelError(f"{path}: the encoder has no outputs")
-    return ins[0].name, ("image_embeddings" if "image_embeddings" in outs else outs[0])
+    return ins[0].name, ("image_embeddings" if "image_embeddings" in outs else outs[0]), int(dims[1])
 
 
 def check_decoder(model: onnx.ModelProto) -> str:
@@ -114,7 +120,7 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str]) -> Capabilities:
     """Inspect an encoder/decoder pair (graphs only). Raises :class:`OnnxModelError`."""
     enc, dec = _load_graph(encoder), _load_graph(decoder)
-    enc_in, enc_out = check_encoder(enc, encoder)
+    enc_in, enc_out, image_size = check_encoder(enc, encoder)
     flavour = check_decoder(dec)
     producers = {o: n.op_type for n in dec.graph.node for o in n.output}
     scores = next((o.name for o in dec.graph.output if o.name == "scores"), None)
@@ -130,6 +136,7 @@ def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLik
         encoder_output=enc_out,
         int8=is_quantized(enc),
         upsample_mode=meta.get("edgesam.upsample_mode"),
+        image_size=image_size,
     )
 
 

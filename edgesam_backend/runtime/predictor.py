@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from . import transforms
 from .base import BasePredictor
 from .masks import stability_score
 from .model_files import FLAVOUR_OURS, Capabilities, OnnxModelError, read_capabilities
@@ -55,7 +56,8 @@ class OnnxPredictor(BasePredictor):
     """EdgeSAM on onnxruntime.
 
     Args:
-        encoder_path: encoder ONNX (input ``image (1,3,1024,1024)``, output ``image_embeddings``).
+        encoder_path: encoder ONNX (input ``image (1, 3, S, S)``, output ``image_embeddings``; ``S`` is the
+            model's ``image_size``, read from the graph).
         decoder_path: decoder ONNX (our export or the official format).
         intra_op_num_threads: threads per session (``None``: onnxruntime's default, all cores).
         device: ``cpu`` (default), ``cuda[:N]``, ``tensorrt``, ``openvino``, ``coreml`` or ``auto``, or
@@ -90,6 +92,7 @@ class OnnxPredictor(BasePredictor):
         self.has_proposals = caps.has_proposals
         self.flavour = caps.flavour
         self.supports_mask_input = caps.supports_mask_input
+        self.image_size = caps.image_size
         self._official_stability = caps.official_scores_are_stability
 
     def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -113,7 +116,8 @@ class OnnxPredictor(BasePredictor):
         if self.flavour == FLAVOUR_OURS:
             has = np.ones(b, np.float32) if mask_input is not None else np.zeros(b, np.float32)
             if mask_input is None:
-                mask_input = np.zeros((b, 1, 256, 256), np.float32)
+                low = transforms.low_res_size(transforms.image_size_of_embeddings(embeddings))
+                mask_input = np.zeros((b, 1, low, low), np.float32)
             low, iou, stab = self.decoder.run(
                 ["low_res_logits", "iou_predictions", "stability_scores"],
                 {

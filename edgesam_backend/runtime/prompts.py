@@ -50,8 +50,9 @@ def pack_prompt(
     point_labels: ArrayLike | None,
     box: ArrayLike | None,
     original_hw: tuple[int, int],
+    image_size: int = transforms.IMAGE_SIZE,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Build the decoder's point arrays in the model frame.
+    """Build the decoder's point arrays in the model frame (side ``image_size``).
 
     Args:
         point_coords: ``(N, 2)`` (x, y) original-frame pixels, or ``None``.
@@ -63,7 +64,7 @@ def pack_prompt(
         SAM's prompt encoder does.
     """
     coords, labels = _as_points(point_coords, point_labels)
-    parts_c = [transforms.apply_coords(coords, original_hw)] if len(coords) else []
+    parts_c = [transforms.apply_coords(coords, original_hw, image_size)] if len(coords) else []
     parts_l = [labels.astype(np.float32)] if len(coords) else []
     if box is not None:
         b = np.asarray(box, dtype=np.float64).reshape(-1)
@@ -71,7 +72,7 @@ def pack_prompt(
             raise PromptError(f"box must be 4 finite numbers x0, y0, x1, y1; got {np.asarray(box).tolist()}")
         if b[2] < b[0] or b[3] < b[1]:
             raise PromptError(f"box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1; got {b.tolist()}")
-        parts_c.append(transforms.apply_boxes(b, original_hw).reshape(2, 2))
+        parts_c.append(transforms.apply_boxes(b, original_hw, image_size).reshape(2, 2))
         parts_l.append(np.array(BOX_LABELS, dtype=np.float32))
     elif not len(coords):
         raise PromptError("a prompt needs at least one point or a box")
@@ -83,12 +84,15 @@ def pack_prompt(
     return c, lab
 
 
-def check_mask_input(mask_input: ArrayLike | None, batch: int = 1) -> NDArray[np.float32] | None:
-    """Validate low-res mask logits: ``(256, 256)``, ``(1, 256, 256)`` or ``(B, 1, 256, 256)``."""
+def check_mask_input(
+    mask_input: ArrayLike | None, batch: int = 1, image_size: int = transforms.IMAGE_SIZE
+) -> NDArray[np.float32] | None:
+    """Validate low-res mask logits ``(L, L)``, ``(1, L, L)`` or ``(B, 1, L, L)``, ``L = image_size / 4``
+    (256 at 1024)."""
     if mask_input is None:
         return None
     m = np.asarray(mask_input, dtype=np.float32)
-    size = transforms.LOW_RES_SIZE
+    size = transforms.low_res_size(image_size)
     if m.shape[-2:] != (size, size) or m.ndim > 4 or m.size != batch * size * size:
         raise PromptError(f"mask_input must be {size}x{size} low-res logits (one per prompt), got {m.shape}")
     if not np.isfinite(m).all():
@@ -101,6 +105,7 @@ def prior_prompt(
     point_labels: ArrayLike | None,
     proposals: Proposals,
     original_hw: tuple[int, int],
+    image_size: int = transforms.IMAGE_SIZE,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """EdgeSAM's granularity prior for a points-only prompt: the points plus the proposal box chosen
     for the last positive point (:func:`~edgesam_backend.runtime.proposals.box_for_point`), or two
@@ -109,11 +114,11 @@ def prior_prompt(
     coords, labels = _as_points(point_coords, point_labels)
     positives = np.flatnonzero(labels == 1)
     if positives.size == 0:
-        return pack_prompt(coords, labels, None, original_hw)
+        return pack_prompt(coords, labels, None, original_hw, image_size)
     box, _ = box_for_point(proposals, coords[positives[-1]])
     if box is not None:
-        return pack_prompt(coords, labels, box, original_hw)
-    c, lab = pack_prompt(coords, labels, None, original_hw)  # points + padding point
+        return pack_prompt(coords, labels, box, original_hw, image_size)
+    c, lab = pack_prompt(coords, labels, None, original_hw, image_size)  # points + padding point
     # box-label extension: two not-a-point tokens stand in for the missing box
     c = np.concatenate([c[:, :-1], np.zeros((1, 2, 2), np.float32)], axis=1)
     lab = np.concatenate([lab[:, :-1], np.full((1, 2), -1.0, np.float32)], axis=1)

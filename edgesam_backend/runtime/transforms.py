@@ -20,8 +20,24 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
+#: The official model input side; a model's own side is its ``image_size`` (checkpoint / ONNX metadata).
 IMAGE_SIZE = 1024
 LOW_RES_SIZE = 256
+#: Encoder stride (model side / embedding side) and low-res grid factor (model side / low-res side).
+EMBED_STRIDE = 16
+LOW_RES_STRIDE = 4
+
+
+def low_res_size(image_size: int = IMAGE_SIZE) -> int:
+    """Side of the low-res logit grid of a model with input side ``image_size`` (1024 → 256)."""
+    return image_size // LOW_RES_STRIDE
+
+
+def image_size_of_embeddings(embeddings: NDArray[np.float32]) -> int:
+    """Model input side of ``(..., E, E)`` image embeddings: ``16 E`` (64 → 1024)."""
+    return int(embeddings.shape[-1]) * EMBED_STRIDE
+
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
@@ -52,10 +68,12 @@ def normalize_and_pad(resized: NDArray[np.uint8], size: int = IMAGE_SIZE) -> NDA
     return out
 
 
-def preprocess(image: NDArray[np.uint8]) -> tuple[NDArray[np.float32], tuple[int, int]]:
-    """Original RGB image → (model input ``(1, 3, 1024, 1024)``, input size ``(h, w)``)."""
-    resized = resize_longest_side(image)
-    return normalize_and_pad(resized), (resized.shape[0], resized.shape[1])
+def preprocess(
+    image: NDArray[np.uint8], image_size: int = IMAGE_SIZE
+) -> tuple[NDArray[np.float32], tuple[int, int]]:
+    """Original RGB image → (model input ``(1, 3, S, S)``, input size ``(h, w)``), ``S = image_size``."""
+    resized = resize_longest_side(image, image_size)
+    return normalize_and_pad(resized, image_size), (resized.shape[0], resized.shape[1])
 
 
 def apply_coords(
@@ -113,15 +131,17 @@ def _resize_stack(x: NDArray[np.float32], hw: tuple[int, int]) -> NDArray[np.flo
 def upscale_logits(
     low_res: NDArray[np.float32], input_hw: tuple[int, int], original_hw: tuple[int, int]
 ) -> NDArray[np.float32]:
-    """Low-res logits ``(K, 256, 256)`` → original-frame logits ``(K, H, W)``.
+    """Low-res logits ``(K, L, L)`` → original-frame logits ``(K, H, W)``; the model side is ``S = 4L``
+    (256 → 1024).
 
-    SAM's ``postprocess_masks``: bilinear to 1024x1024, crop to the pre-pad ``input_hw``, bilinear to
+    SAM's ``postprocess_masks``: bilinear to ``S x S``, crop to the pre-pad ``input_hw``, bilinear to
     ``original_hw``.
     """
     x = np.asarray(low_res, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"expected (K, 256, 256) logits, got {x.shape}")
-    x = _resize_stack(x, (IMAGE_SIZE, IMAGE_SIZE))
+    if x.ndim != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"expected (K, L, L) low-res logits, got {x.shape}")
+    size = x.shape[-1] * LOW_RES_STRIDE
+    x = _resize_stack(x, (size, size))
     x = x[:, : input_hw[0], : input_hw[1]]
     return _resize_stack(np.ascontiguousarray(x), (int(original_hw[0]), int(original_hw[1])))
 

@@ -59,14 +59,14 @@ def decode_prompts(
     token 0). With ``mask_input`` (``(K, 256, 256)`` logits, refinement) token 0 is used for every prompt.
     """
     k = len(prompts)
-    size = transforms.LOW_RES_SIZE
+    emb = job.embedding
+    size = transforms.low_res_size(emb.image_size)
     low = np.zeros((k, size, size), np.float32)
     iou = np.zeros(k, np.float32)
     stab = np.zeros(k, np.float32)
     groups: dict[tuple[int, bool], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(p.signature(), []).append(i)
-    emb = job.embedding
     for idx in groups.values():
         multi = multimask if multimask is not None else prompts[idx[0]].box is None
         select = quality if multi and mask_input is None else "single"
@@ -78,6 +78,7 @@ def decode_prompts(
                     prompts[i].point_labels or None,
                     prompts[i].box,
                     emb.original_hw,
+                    emb.image_size,
                 )
                 for i in sel
             ]

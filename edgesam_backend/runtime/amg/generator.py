@@ -194,7 +194,7 @@ class AutomaticMaskGenerator:
         parts = []
         for s in range(0, b.shape[0], self.points_per_batch):
             chunk = b[s : s + self.points_per_batch]
-            coords = transforms.apply_boxes(chunk, original_hw).reshape(-1, 2, 2)
+            coords = transforms.apply_boxes(chunk, original_hw, emb.image_size).reshape(-1, 2, 2)
             labels = np.tile(np.asarray(BOX_LABELS, dtype=np.float32), (chunk.shape[0], 1))
             d = self._decode(coords, labels, emb, st, 1)
             xy, index = np.full((chunk.shape[0], 2), np.nan), np.arange(s, s + chunk.shape[0])
@@ -305,7 +305,7 @@ class AutomaticMaskGenerator:
             n = pts.shape[0]
             # one positive point plus SAM's (0, 0) / -1 padding point per prompt
             coords = np.zeros((n, 2, 2), dtype=np.float32)
-            coords[:, 0] = transforms.apply_coords(pts, (crop_h, crop_w))
+            coords[:, 0] = transforms.apply_coords(pts, (crop_h, crop_w), emb.image_size)
             labels = np.tile(np.array([1.0, -1.0], dtype=np.float32), (n, 1))
             d = self._decode(coords, labels, emb, st, self.multimask)
             parts.append(self._batch(d, pts + offset, np.arange(s, s + n), crop_box, original_hw, emb, st))
