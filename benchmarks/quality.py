@@ -18,9 +18,11 @@ reports on the held-out images, for the trained and the untrained (seeded random
   distance-transform centre; token 0, or the best of the 3 ambiguity tokens by stability score);
   ``point+1`` / ``point+2`` correction clicks (:func:`~edgesam_backend.training.prompts.correction_clicks`)
   with the previous low-res logits as mask input, and ``..._nomask`` without it.
-* ``modes`` (``--modes``, default all registered in :data:`MODES`): everything-mode recall/precision
-  against the GT instances. They need the runtime predictor at the model's ``image_size``; until the
-  runtime takes a size other than 1024 they report ``{"skipped": reason}``.
+* ``everything`` (``--modes``, default all of :data:`MODES`: grid 32x32, grid 16x16, proposals K=100):
+  recall / precision at mask IoU 0.5 / 0.75 against the GT instances, masks, decoder prompts and
+  seconds per image (TorchPredictor at the model's ``image_size``, RPN head from the step above).
+* ``int8``: the exported encoder quantized (32 training images) vs fp32: box mIoU drop and the
+  best-mask agreement on held-out images.
 * ``rpn``: proposal recall@IoU 0.5/0.75 at K = 10/100 (:func:`~edgesam_backend.training.rpn.evaluate_recall`).
 
 Prints one JSON object (``--out FILE`` also writes it).
@@ -54,9 +56,9 @@ RECIPE: dict[str, Any] = {
 }
 
 
-def work_dir(size: int, n_train: int) -> Path:
+def work_dir(size: int, n_train: int, cache: Path = CACHE) -> Path:
     """Cache folder of one (size, train count) setting."""
-    return CACHE / f"s{size}-n{n_train}"
+    return cache / f"s{size}-n{n_train}"
 
 
 def ensure_data(work: Path, size: int, n_train: int, n_val: int) -> None:
@@ -101,12 +103,10 @@ def train_model(work: Path, size: int, threads: int, budget_s: float, log: Calla
         steps = int(json.loads(plan.read_text())["max_steps"])
     else:
         probe = 4
-        t0 = time.perf_counter()
         cfg = _ft_config(work, size, threads, work / "probe", probe)
         cfg.update(val_at_start=False, val_every=0, checkpoint_every=0, val_max_images=1)
-        finetune(FinetuneConfig.model_validate(cfg), log=log)
-        per_step = (time.perf_counter() - t0) / probe
-        steps = max(50, int(budget_s / per_step))
+        per_step = finetune(FinetuneConfig.model_validate(cfg), log=log)["seconds"] / probe  # loop time only
+        steps = max(10, int(budget_s / per_step))
         plan.write_text(json.dumps({"max_steps": steps, "probe_s_per_step": per_step}))
         log(f"probe: {per_step:.2f} s/step → max_steps {steps}")
     finetune(
@@ -198,24 +198,134 @@ def prompted(model: Any, data: Any, max_images: int | None = None) -> dict[str, 
     return out
 
 
-def _needs_runtime_size(name: str) -> Callable[..., dict[str, Any]]:
-    def run(model_path: Path, work: Path, size: int) -> dict[str, Any]:
-        from edgesam_backend.runtime import transforms
+def _gt_instances(work: Path, limit: int | None) -> list[tuple[Path, np.ndarray]]:
+    """Held-out ``(image file, GT masks (G, H, W) bool)`` in the original frame."""
+    from edgesam_backend.formats.coco import decode_segmentation
+    from edgesam_backend.training.finetune_data import read_coco_masks
 
-        if size != transforms.IMAGE_SIZE:
-            return {"skipped": f"runtime/transforms is {transforms.IMAGE_SIZE}-only; model is {size}"}
-        return {"skipped": f"{name}: not wired yet"}
+    recs = read_coco_masks(work / "val" / "images", work / "val" / "annotations.json")[:limit]
+    out = []
+    for r in recs:
+        g = [decode_segmentation(s, r.height, r.width) for s in r.segmentations]
+        out.append((r.file, np.stack(g).astype(bool) if g else np.zeros((0, r.height, r.width), bool)))
+    return out
+
+
+def _match(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Mask IoU matrix ``(P, G)`` of bool stacks ``(P, H, W)`` and ``(G, H, W)``."""
+    p = pred.reshape(len(pred), -1).astype(np.float32)
+    g = gt.reshape(len(gt), -1).astype(np.float32)
+    inter = p @ g.T
+    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
+    return inter / np.maximum(union, 1.0)
+
+
+def everything(
+    predictor: Any, data: list[tuple[Path, np.ndarray]], run: Callable[..., Any]
+) -> dict[str, Any]:
+    """Recall / precision at mask IoU 0.5 / 0.75 of ``run(generator_input) → (records, stats)`` against
+    the GT instances; masks and decoder prompts per image, seconds per image (decoder and total)."""
+    from edgesam_backend.runtime.image import load_image
+
+    hits = {t: [0, 0] for t in (0.5, 0.75)}  # matched GT, matched predictions
+    n_gt = n_pred = prompts = 0
+    dec_s = tot_s = 0.0
+    for path, gt in data:
+        emb = predictor.encode(load_image(path))
+        t0 = time.perf_counter()
+        records, st = run(emb)
+        tot_s += time.perf_counter() - t0
+        dec_s += float(st.get("decoder_s", 0.0))
+        prompts += int(st.get("prompts", 0))
+        masks = (
+            np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *gt.shape[1:]), bool)
+        )
+        n_gt, n_pred = n_gt + len(gt), n_pred + len(masks)
+        if len(gt) and len(masks):
+            iou = _match(masks, gt)
+            for t in hits:
+                hits[t][0] += int((iou.max(0) >= t).sum())
+                hits[t][1] += int((iou.max(1) >= t).sum())
+    n = max(len(data), 1)
+    out: dict[str, Any] = {}
+    for t, (g, p) in hits.items():
+        out[f"recall@{t}"] = round(g / max(n_gt, 1), 4)
+        out[f"precision@{t}"] = round(p / max(n_pred, 1), 4)
+    out.update(
+        masks_per_image=round(n_pred / n, 2),
+        gt_per_image=round(n_gt / n, 2),
+        prompts_per_image=round(prompts / n, 1),
+        decoder_s_per_image=round(dec_s / n, 4),
+        seconds_per_image=round(tot_s / n, 4),
+    )
+    return out
+
+
+def _grid(side: int) -> Callable[..., dict[str, Any]]:
+    def run(predictor: Any, data: list[tuple[Path, np.ndarray]], amg_kw: dict[str, Any]) -> dict[str, Any]:
+        from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+
+        gen = AutomaticMaskGenerator(predictor, points_per_side=side, **amg_kw)
+        return everything(predictor, data, lambda emb: gen.generate(emb, return_stats=True))
 
     return run
 
 
-#: Everything-mode variants: name → ``fn(model_path, work, size) → dict``. Other modes register here.
-MODES: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {
-    "grid32": _needs_runtime_size("grid32"),
-    "grid16": _needs_runtime_size("grid16"),
-    "proposals100": _needs_runtime_size("proposals100"),
-    "int8": _needs_runtime_size("int8"),
+def _proposals(k: int) -> Callable[..., dict[str, Any]]:
+    def run(predictor: Any, data: list[tuple[Path, np.ndarray]], amg_kw: dict[str, Any]) -> dict[str, Any]:
+        from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+
+        gen = AutomaticMaskGenerator(
+            predictor, points_per_side=None, point_grids=[np.zeros((1, 2))], **amg_kw
+        )
+        return everything(predictor, data, lambda emb: gen.generate_from_proposals(emb, k, return_stats=True))
+
+    return run
+
+
+#: Everything-mode variants: name → ``fn(predictor, held-out data, amg kwargs) → metrics``. Other modes
+#: (e.g. a coverage-driven one in runtime/amg) join by adding an entry; the predictor carries the RPN head.
+MODES: dict[str, Callable[[Any, list[tuple[Path, np.ndarray]], dict[str, Any]], dict[str, Any]]] = {
+    "grid32": _grid(32),
+    "grid16": _grid(16),
+    "proposals100": _proposals(100),
 }
+
+
+def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]]) -> dict[str, Any]:
+    """Export ``model_path`` (cached under ``work/onnx``), quantize the encoder on 32 training images,
+    and compare int8 with fp32 on the held-out images: box-prompt mIoU ×100 of each against the GT
+    and the best-mask agreement (:func:`edgesam_backend.export.agreement.agreement`)."""
+    from edgesam_backend.export.agreement import agreement
+    from edgesam_backend.export.int8 import quantize_encoder
+    from edgesam_backend.export.onnx import export_onnx
+    from edgesam_backend.runtime.image import load_image
+    from edgesam_backend.runtime.predictor import OnnxPredictor
+
+    d = work / "onnx" / model_path.stem
+    if not (d / "encoder.int8.onnx").is_file():
+        export_onnx(model_path, d)
+        calib = sorted((work / "train" / "images").iterdir())[:32]
+        quantize_encoder(d / "encoder.onnx", d / "encoder.int8.onnx", calib)
+    fp32 = OnnxPredictor(d / "encoder.onnx", d / "decoder.onnx")
+    int8 = OnnxPredictor(d / "encoder.int8.onnx", d / "decoder.onnx")
+    out: dict[str, Any] = {}
+    for name, pred in (("fp32", fp32), ("int8", int8)):
+        ious = []
+        for path, gt in data:
+            pred.set_image(load_image(path))
+            for g in gt:
+                ys, xs = np.nonzero(g)
+                box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+                m = pred.predict(box=box, num_multimask_outputs=1).masks[0]
+                ious.append((m & g).sum() / max((m | g).sum(), 1))
+        out[f"box_miou_{name}"] = round(float(np.mean(ious) * 100), 2) if ious else None
+    if out["box_miou_fp32"] is not None:
+        out["box_miou_drop"] = round(out["box_miou_fp32"] - out["box_miou_int8"], 2)
+    agr = agreement(fp32, int8, [p for p, _ in data])
+    out["agreement_mean_iou"] = agr["mean_iou"]
+    out["agreement_min_iou"] = agr["min_iou"]
+    return out
 
 
 def main() -> None:
@@ -228,6 +338,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images scored (default all)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated keys of MODES")
+    ap.add_argument("--stability-thresh", type=float, default=None, help="everything mode (default: amg's)")
+    ap.add_argument("--iou-thresh", type=float, default=None, help="only with quality_score=iou")
+    ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument(
+        "--cache", type=Path, default=CACHE, help="cache root (default ~/.cache/edgesam-bench/...)"
+    )
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -236,7 +352,7 @@ def main() -> None:
 
     import torch
 
-    from edgesam_backend.model.checkpoint import load_edge_sam
+    from edgesam_backend.model.checkpoint import load_edge_sam, with_metadata
     from edgesam_backend.model.edge_sam import build_edge_sam
     from edgesam_backend.training.finetune_data import MaskDataset, read_coco_masks
     from edgesam_backend.training.rpn import CocoBoxes, evaluate_recall
@@ -245,7 +361,7 @@ def main() -> None:
         print(m, flush=True)
 
     torch.set_num_threads(args.threads)
-    work = work_dir(args.size, args.train)
+    work = work_dir(args.size, args.train, args.cache)
     if args.retrain:
         for sub in ("finetune", "probe", "rpn", "finetune_plan.json"):
             p = work / sub
@@ -273,7 +389,21 @@ def main() -> None:
     }
     result["trained"]["rpn"] = evaluate_recall(with_rpn, boxes, args.eval_images)
     result["untrained"]["rpn"] = evaluate_recall(untrained, boxes, args.eval_images)
-    result["modes"] = {m: MODES[m](final, work, args.size) for m in modes}
+    from edgesam_backend.model.predictor import TorchPredictor
+
+    data = _gt_instances(work, args.eval_images)
+    amg_kw = {
+        k: v
+        for k, v in (("pred_iou_thresh", args.iou_thresh), ("stability_score_thresh", args.stability_thresh))
+        if v is not None
+    }
+    predictors = {"trained": TorchPredictor(with_rpn), "untrained": TorchPredictor(untrained)}
+    for name, pred in predictors.items():
+        result[name]["everything"] = {m: MODES[m](pred, data, amg_kw) for m in modes}
+    if not args.no_int8:
+        torch.save(with_metadata(untrained.state_dict(), args.size), work / "untrained.pth")
+        for name, path in (("trained", final), ("untrained", work / "untrained.pth")):
+            result[name]["int8"] = int8_report(work, path, data[:20])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
