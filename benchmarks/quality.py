@@ -212,12 +212,10 @@ def _gt_instances(work: Path, limit: int | None) -> list[tuple[Path, np.ndarray]
 
 
 def _match(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """Mask IoU matrix ``(P, G)`` of bool stacks ``(P, H, W)`` and ``(G, H, W)``."""
-    p = pred.reshape(len(pred), -1).astype(np.float32)
-    g = gt.reshape(len(gt), -1).astype(np.float32)
-    inter = p @ g.T
-    union = p.sum(1)[:, None] + g.sum(1)[None] - inter
-    return inter / np.maximum(union, 1.0)
+    """Mask IoU matrix ``(P, G)`` of bool stacks ``(P, H, W)`` and ``(G, H, W)`` (one GT at a time)."""
+    from edgesam_backend.runtime.masks import mask_iou
+
+    return np.stack([mask_iou(pred, g[None], empty=0.0) for g in gt], axis=1)
 
 
 def everything(
@@ -300,6 +298,7 @@ def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]
     from edgesam_backend.export.int8 import quantize_encoder
     from edgesam_backend.export.onnx import export_onnx
     from edgesam_backend.runtime.image import load_image
+    from edgesam_backend.runtime.masks import mask_iou
     from edgesam_backend.runtime.predictor import OnnxPredictor
 
     d = work / "onnx" / model_path.stem
@@ -318,7 +317,7 @@ def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]
                 ys, xs = np.nonzero(g)
                 box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
                 m = pred.predict(box=box, num_multimask_outputs=1).masks[0]
-                ious.append((m & g).sum() / max((m | g).sum(), 1))
+                ious.append(float(mask_iou(m, g)))
         out[f"box_miou_{name}"] = round(float(np.mean(ious) * 100), 2) if ious else None
     if out["box_miou_fp32"] is not None:
         out["box_miou_drop"] = round(out["box_miou_fp32"] - out["box_miou_int8"], 2)
