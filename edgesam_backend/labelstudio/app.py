@@ -5,8 +5,14 @@ Routes: ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST 
 model (it is loaded before the server starts) nor for running predictions (they run on the event
 loop, predictions on worker threads: interactive clicks and batch jobs have separate thread limits,
 so a long batch job cannot starve clicks of threads). ``/webhook`` answers at once; precomputation
-runs in the background. With ``BASIC_AUTH_USER`` set, every route except ``/health`` and ``/webhook``
-(Label Studio sends webhooks without credentials) requires HTTP Basic auth.
+runs in the background, after interactive requests. With ``BASIC_AUTH_USER`` set, every route except
+``/health`` requires HTTP Basic auth (``/webhook`` too, unless ``EDGESAM_WEBHOOK_AUTH=false``: give the
+Label Studio webhook an ``Authorization`` header).
+
+Request bodies (:mod:`.requests`): ``application/json`` only (415 otherwise, so a web page cannot post
+here from a browser without a CORS preflight), at most ``EDGESAM_MAX_BODY_BYTES`` counted while
+streaming (413), nesting depth bounded (400), context regions and prompt points bounded. A batch request
+whose client disconnects stops between decoder batches.
 
 No torch is imported on this path.
 """
@@ -16,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -32,16 +37,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..runtime.base import BasePredictor
-from .errors import BackendError, BadRequest
+from .errors import BackendError
 from .images import ImageFetcher
+from .memory import Trimmer
 from .metrics import CONTENT_TYPE, Metrics
 from .model import EdgeSAMBackend
+from .requests import check_context_size, read_json_body, run_cancellable
 from .settings import Settings
 
 log = logging.getLogger("edgesam_backend.labelstudio")
 
 ROUTES = ("/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics")
-NO_AUTH = ("/health", "/webhook")
+NO_AUTH = ("/", "/health")
 
 
 def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
@@ -79,25 +86,29 @@ def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
 class _Middleware:
     """Pure ASGI: Basic auth, per-route request counts and latency."""
 
-    def __init__(self, app: Any, metrics: Metrics, basic_auth: tuple[str, str] | None) -> None:
+    def __init__(
+        self, app: Any, metrics: Metrics, basic_auth: tuple[str, str] | None, webhook_auth: bool = True
+    ) -> None:
         self.app = app
         self.metrics = metrics
-        self.expected = None
+        self.expected: bytes | None = None
+        self.open_paths = NO_AUTH if webhook_auth else (*NO_AUTH, "/webhook")
         if basic_auth:
-            token = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode()).decode()
-            self.expected = f"Basic {token}".encode()
+            self.expected = base64.b64encode(f"{basic_auth[0]}:{basic_auth[1]}".encode())
 
     def _authorized(self, scope: dict) -> bool:
-        if self.expected is None or scope["path"] in NO_AUTH:
+        if self.expected is None or scope["path"] in self.open_paths:
             return True
         for k, v in scope.get("headers", []):
             if k == b"authorization":
+                scheme, _, cred = v.strip().partition(b" ")
+                cred = cred.strip()
                 try:
-                    scheme, _, cred = v.decode("latin-1").partition(" ")
                     base64.b64decode(cred, validate=True)
                 except (ValueError, binascii.Error):
                     return False
-                return scheme.lower() == "basic" and secrets.compare_digest(v, self.expected)
+                # auth schemes are case-insensitive (RFC 9110 11.1)
+                return scheme.lower() == b"basic" and secrets.compare_digest(cred, self.expected)
         return False
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -164,7 +175,14 @@ def create_app(
     )
     app.state.backend = backend
     app.state.settings = settings
-    app.add_middleware(_Middleware, metrics=metrics, basic_auth=settings.basic_auth)
+    app.add_middleware(
+        _Middleware, metrics=metrics, basic_auth=settings.basic_auth, webhook_auth=settings.webhook_auth
+    )
+    trimmer = Trimmer()
+    app.state.trimmer = trimmer
+    metrics.gauge(
+        "edgesam_malloc_trims_total", "Times freed memory was returned to the OS.", lambda: trimmer.trims
+    )
 
     @app.exception_handler(BackendError)
     async def _backend_error(request: Request, exc: BackendError) -> JSONResponse:
@@ -177,20 +195,7 @@ def create_app(
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     async def read_json(request: Request) -> dict[str, Any]:
-        limit = settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise BackendError(f"request body of {length} bytes is over the limit of {limit}", 413)
-        body = await request.body()
-        if len(body) > limit:
-            raise BackendError(f"request body is over the limit of {limit} bytes", 413)
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise BadRequest("request body must be a JSON object")
-        return data
+        return await read_json_body(request, settings.max_body_bytes)
 
     providers = list(getattr(predictor, "providers", []))
     app.state.providers = providers
@@ -222,12 +227,20 @@ def create_app(
         body = await read_json(request)
         params = body.get("params")
         interactive = isinstance(params, dict) and bool(params.get("context"))
+        if interactive:
+            check_context_size(params["context"], settings)
         limiter = interactive_limiter if interactive else batch_limiter
         try:
-            content = await anyio.to_thread.run_sync(predict_json, body, limiter=limiter)
+            if interactive:
+                with backend.priority.interactive():
+                    content = await anyio.to_thread.run_sync(predict_json, body, limiter=limiter)
+            else:
+                content = await run_cancellable(request, predict_json, body, limiter)
         except BackendError as exc:
             backend.metrics.prediction_errors.inc("interactive" if interactive else "batch", str(exc.status))
             raise
+        finally:
+            await anyio.to_thread.run_sync(trimmer.trim)
         return Response(content, media_type="application/json")
 
     @app.post("/webhook")

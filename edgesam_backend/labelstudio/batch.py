@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.amg import AutomaticMaskGenerator
+from ..runtime.amg import AutomaticMaskGenerator, GenerationStopped
 from ..runtime.base import BasePredictor, ImageEmbedding
 from ..runtime.masks import decode_rles
+from . import budget as _budget
 from .config import LabelConfig
 from .errors import BackendError
 from .metrics import Metrics
@@ -36,6 +37,7 @@ def make_generator(predictor: BasePredictor, settings: Settings, state: ProjectS
         box_nms_thresh=option(state, "box_nms_thresh", s.amg_box_nms_thresh),
         min_mask_region_area=option(state, "min_mask_region_area", s.amg_min_mask_region_area),
         output_mode="coco_rle",
+        should_stop=_budget.should_stop,  # the request's deadline / cancel (see run_batch)
     )
 
 
@@ -78,10 +80,45 @@ def run_batch(
     Studio stores no prediction and retries it next time). ``task_embedding(task, i)`` resolves and
     encodes a task's image; ``masks_for(emb, state)`` gives its records."""
     outputs = config.outputs_for(label)
-    results: list[Any] = []
-    budget = settings.batch_time_budget
+    budget_s = settings.batch_time_budget
     t_start = time.monotonic()
+    with _budget.deadline(t_start + budget_s if budget_s else None):
+        return _run_tasks(
+            tasks,
+            config,
+            label,
+            state,
+            settings,
+            metrics,
+            model_version,
+            task_embedding,
+            masks_for,
+            outputs,
+            budget_s,
+            t_start,
+        )
+
+
+def _run_tasks(
+    tasks: list[Any],
+    config: LabelConfig,
+    label: str,
+    state: ProjectState | None,
+    settings: Settings,
+    metrics: Metrics,
+    model_version: str,
+    task_embedding: Callable[[Any, int], ImageEmbedding],
+    masks_for: Callable[[ImageEmbedding, ProjectState | None], list[dict[str, Any]]],
+    outputs: Any,
+    budget: float,
+    t_start: float,
+) -> list[Any]:
+    results: list[Any] = []
     for i, task in enumerate(tasks):
+        if _budget.cancelled():
+            log.info("batch request abandoned by the client after %d of %d tasks", i, len(tasks))
+            results.extend([] for _ in tasks[i:])
+            break
         elapsed = time.monotonic() - t_start
         per_task = elapsed / i if i else 0.0
         if budget and i and elapsed + per_task > budget:
@@ -123,6 +160,13 @@ def run_batch(
                     "model_version": model_version,
                 }
             )
+        except GenerationStopped:
+            # the time budget ran out (or the client left) inside this task: it and the rest get no
+            # prediction now (Label Studio retries them with the next request)
+            log.warning("batch stopped inside task %d of %d (time budget or abandoned)", i + 1, len(tasks))
+            metrics.batch_deferred.inc(amount=len(tasks) - i)
+            results.extend([] for _ in tasks[i:])
+            break
         except BackendError as exc:
             if len(tasks) == 1:
                 raise

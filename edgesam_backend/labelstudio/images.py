@@ -65,6 +65,14 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, (u.hostname or "").lower(), port
 
 
+def _scheme(url: str) -> str:
+    """The URL's scheme, lower-case, from parsing (``""`` for a path such as ``/data/x?u=http://y``)."""
+    head = url.split("?", 1)[0].split("#", 1)[0]
+    if "://" not in head:
+        return ""
+    return urlsplit(url).scheme.lower() or head.split(":", 1)[0].lower()
+
+
 def _is_public(addr: str) -> bool:
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -169,6 +177,7 @@ class ImageFetcher:
         self._fallback_key: str | None = None
         self._auth = LabelStudioAuth(settings.label_studio_api_key, self.client, settings.fetch_timeout)
         self._fallback_auth: LabelStudioAuth | None = None
+        self._fallback_lock = threading.Lock()
         root = settings.local_files_document_root
         self.local_root = Path(root).resolve() if root else None
 
@@ -177,13 +186,23 @@ class ImageFetcher:
 
     # --- where Label Studio is ----------------------------------------------------------------
     def set_fallback(self, hostname: str | None, access_token: str | None) -> None:
-        """Label Studio's address and token as sent by ``/setup``; used only when the environment
-        does not configure them (``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` take precedence)."""
-        if hostname and isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
-            self._fallback_url = hostname.rstrip("/")
-        if access_token and isinstance(access_token, str) and access_token != self._fallback_key:
-            self._fallback_key = access_token
-            self._fallback_auth = LabelStudioAuth(access_token, self.client, self.settings.fetch_timeout)
+        """Label Studio's address and token as sent by ``/setup``, used only when ``LABEL_STUDIO_URL`` is
+        not configured. They travel together: the configured ``LABEL_STUDIO_API_KEY`` is never sent to a
+        host that came from a request, and a /setup hostname gets only the token of that same /setup
+        (none without one). With ``LABEL_STUDIO_URL`` set, the hostname is ignored and the /setup token
+        is used only when no ``LABEL_STUDIO_API_KEY`` is configured."""
+        if isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
+            url = hostname.rstrip("/")
+        elif self.settings.label_studio_url:
+            url = None
+        else:
+            return  # nothing usable: keep what an earlier /setup said
+        token = access_token if isinstance(access_token, str) and access_token else None
+        if url == self._fallback_url and token == self._fallback_key and self._fallback_auth is not None:
+            return
+        with self._fallback_lock:
+            self._fallback_url, self._fallback_key = url, token
+            self._fallback_auth = LabelStudioAuth(token, self.client, self.settings.fetch_timeout)
 
     @property
     def base_url(self) -> str | None:
@@ -191,9 +210,12 @@ class ImageFetcher:
 
     @property
     def auth(self) -> LabelStudioAuth:
-        if self.settings.label_studio_api_key or self._fallback_auth is None:
-            return self._auth
-        return self._fallback_auth
+        """The credential for :attr:`base_url`: configured host → configured key (else the /setup
+        token); a host from /setup → only the token of that /setup."""
+        fallback = self._fallback_auth or LabelStudioAuth(None, self.client, self.settings.fetch_timeout)
+        if self.settings.label_studio_url:
+            return self._auth if self.settings.label_studio_api_key else fallback
+        return fallback
 
     def _is_ls(self, url: str) -> bool:
         base = self.base_url
@@ -217,9 +239,9 @@ class ImageFetcher:
         if not isinstance(url, str) or not url.strip():
             raise BadRequest("the task has no image URL")
         url = url.strip()
-        scheme = url.split(":", 1)[0].lower() if "://" in url or url.startswith("data:") else ""
         if url.startswith("data:"):
             return self._data_uri(url)
+        scheme = _scheme(url)
         if scheme in CLOUD_SCHEMES:
             if task_id is None:
                 raise BadRequest(
@@ -393,7 +415,13 @@ def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses > 2 x its own limit at open(): a pixel limit, as documented (413)
+        raise ImageFetchError(
+            f"the task's image is over the pixel limit of {max_pixels} (EDGESAM_MAX_IMAGE_PIXELS): {exc}",
+            status=413,
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise ImageFetchError("the task's image is not a decodable image", status=422) from None
     if w * h > max_pixels:
         raise ImageFetchError(

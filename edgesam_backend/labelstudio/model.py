@@ -30,6 +30,7 @@ from .errors import BadRequest, Unprocessable
 from .images import ImageFetcher, decode_image
 from .metrics import Metrics
 from .precompute import PrecomputeQueue
+from .priority import Priority
 from .projects import Projects, ProjectState, option, parse_extra, project_key
 from .regions import mask_regions
 from .settings import MaskChoice, Settings
@@ -61,7 +62,15 @@ class EdgeSAMBackend:
         self.url_index = UrlIndex(settings.url_ttl)
         self._downloads: SingleFlight[tuple[ImageEmbedding, bool]] = SingleFlight()
         self.projects = Projects()
-        self.precompute = PrecomputeQueue(self.embedding, self._schema_of, self.metrics)
+        self.priority = Priority()
+        self.precompute = PrecomputeQueue(
+            self.embedding,
+            self._schema_of,
+            self.metrics,
+            is_cached=self.is_cached,
+            priority=self.priority,
+            max_seconds=settings.precompute_max_seconds,
+        )
         m = self.metrics
         m.cache_hits.inc(amount=0)
         m.cache_misses.inc(amount=0)
@@ -101,6 +110,14 @@ class EdgeSAMBackend:
         return {"model_version": self.model_version}
 
     # --- images --------------------------------------------------------------------------------------
+    def is_cached(self, url: Any, task_id: int | None) -> bool:
+        """Whether the embedding of the image at ``url`` is in the cache (no download, no encode)."""
+        try:
+            digest = self.url_index.get(self.fetcher.identity(url, task_id))
+        except BadRequest:
+            return False
+        return digest is not None and digest in self.cache
+
     def embedding(self, url: Any, task_id: int | None) -> tuple[ImageEmbedding, bool]:
         """``(embedding, cache_hit)`` of the task image at ``url``; one download/encode per image."""
         ident = self.fetcher.identity(url, task_id)

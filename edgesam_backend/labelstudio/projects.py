@@ -11,22 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadRequest
+from .settings import EXTRA_PARAM_FIELDS, validate_extra_param
 
 log = logging.getLogger("edgesam_backend.labelstudio")
 
-MASK_CHOICES = ("auto", "single", "stability", "iou")
-#: extra_params keys (from Label Studio's ML backend registration) that override settings per project.
-EXTRA_PARAMS = {
-    "mask_choice": str,
-    "default_label": str,
-    "points_per_side": int,
-    "pred_iou_thresh": float,
-    "stability_score_thresh": float,
-    "box_nms_thresh": float,
-    "min_mask_region_area": int,
-    "max_regions": int,
-    "use_proposals": bool,
-}
+#: extra_params keys (from Label Studio's ML backend registration) that override settings per project;
+#: each has the type and limits of its ``EDGESAM_*`` twin (:data:`.settings.EXTRA_PARAM_FIELDS`).
+EXTRA_PARAMS = tuple(EXTRA_PARAM_FIELDS)
 MAX_PROJECTS = 1000
 
 
@@ -65,24 +56,13 @@ def parse_extra(extra: Any) -> dict[str, Any]:
         raise BadRequest("extra_params must be a JSON object")
     out: dict[str, Any] = {}
     for k, v in extra.items():
-        typ = EXTRA_PARAMS.get(k)
-        if typ is None:
+        if k not in EXTRA_PARAM_FIELDS:
             log.info("ignoring unknown extra_params key %r", k)
             continue
-        if typ is bool:
-            if not isinstance(v, bool):
-                raise BadRequest(f"extra_params.{k} must be true or false, got {v!r}")
-        elif typ is int:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise BadRequest(f"extra_params.{k} must be a non-negative integer, got {v!r}")
-        elif typ is float:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
-                raise BadRequest(f"extra_params.{k} must be a number in 0-1, got {v!r}")
-        elif not isinstance(v, str):
-            raise BadRequest(f"extra_params.{k} must be a string, got {v!r}")
-        out[k] = v
-    if "mask_choice" in out and out["mask_choice"] not in MASK_CHOICES:
-        raise BadRequest(f"extra_params.mask_choice must be one of {', '.join(MASK_CHOICES)}")
+        try:
+            out[k] = validate_extra_param(k, v)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     return out
 
 

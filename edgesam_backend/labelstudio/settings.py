@@ -12,6 +12,15 @@
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``WORKERS`` / ``THREADS`` | ``1`` / ``4`` | uvicorn worker processes / concurrent requests per worker |
 | ``EDGESAM_*`` | see :class:`Settings` | model, cache, image limits, mask choice, batch mode |
+
+Request limits (a request over one is answered 4xx with a message naming the variable):
+``EDGESAM_MAX_BODY_BYTES`` (413, counted while the body streams in, chunked or not),
+``EDGESAM_MAX_CONTEXT_REGIONS`` (413, regions in ``params.context.result``),
+``EDGESAM_MAX_PROMPT_POINTS`` (422, keypoints of one prompt), ``EDGESAM_MAX_IMAGE_BYTES`` /
+``EDGESAM_MAX_IMAGE_PIXELS`` (413), ``EDGESAM_BATCH_TIME_BUDGET`` (seconds of one batch request, checked
+between decoder batches), ``EDGESAM_PRECOMPUTE_MAX_SECONDS`` (estimated encoding work queued by webhooks).
+Per-project ``extra_params`` are validated against the same limits as their ``EDGESAM_*`` twins
+(:data:`EXTRA_PARAM_FIELDS`).
 """
 
 from __future__ import annotations
@@ -63,13 +72,13 @@ class Settings(BaseModel):
     batch_time_budget: float = Field(80.0, ge=0)
     default_label: str | None = None
     amg_points_per_side: int = Field(16, ge=1, le=128)
-    amg_points_per_batch: int = Field(64, ge=1)
-    amg_pred_iou_thresh: float = 0.88
-    amg_stability_score_thresh: float = 0.95
+    amg_points_per_batch: int = Field(64, ge=1, le=256)
+    amg_pred_iou_thresh: float = Field(0.88, ge=0, le=1)
+    amg_stability_score_thresh: float = Field(0.95, ge=0, le=1)
     amg_box_nms_thresh: float = Field(0.7, gt=0, le=1)
-    amg_min_mask_region_area: int = Field(0, ge=0)
+    amg_min_mask_region_area: int = Field(0, ge=0, le=1_000_000)
     amg_use_proposals: bool = True
-    batch_max_regions: int = Field(200, ge=1)
+    batch_max_regions: int = Field(200, ge=1, le=2000)
 
     # images
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -82,7 +91,13 @@ class Settings(BaseModel):
     # cache
     cache_mb: float = Field(512.0, gt=0)
     precompute_on_webhook: bool = True
+    precompute_max_seconds: float = Field(120.0, gt=0)
+
+    # request limits (see the module docstring)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_context_regions: int = Field(500, ge=1)
+    max_prompt_points: int = Field(64, ge=1, le=256)
+    webhook_auth: bool = True
 
     @field_validator("label_studio_url")
     @classmethod
@@ -92,6 +107,15 @@ class Settings(BaseModel):
         v = v.strip().rstrip("/")
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+    @field_validator("max_prompt_points")
+    @classmethod
+    def _points(cls, v: int) -> int:
+        from ..runtime.prompts import MAX_PROMPT_POINTS
+
+        if v > MAX_PROMPT_POINTS:
+            raise ValueError(f"must be at most {MAX_PROMPT_POINTS} (the predictor's hard limit)")
         return v
 
     @property
@@ -147,6 +171,41 @@ class Settings(BaseModel):
                 for e in exc.errors()
             )
             raise SettingsError(f"invalid backend settings: {errs}") from None
+
+
+#: ``extra_params`` key → the :class:`Settings` field whose type and limits it has.
+EXTRA_PARAM_FIELDS = {
+    "mask_choice": "mask_choice",
+    "default_label": "default_label",
+    "points_per_side": "amg_points_per_side",
+    "pred_iou_thresh": "amg_pred_iou_thresh",
+    "stability_score_thresh": "amg_stability_score_thresh",
+    "box_nms_thresh": "amg_box_nms_thresh",
+    "min_mask_region_area": "amg_min_mask_region_area",
+    "max_regions": "batch_max_regions",
+    "use_proposals": "amg_use_proposals",
+}
+
+
+def validate_extra_param(key: str, value: object) -> object:
+    """``value`` checked (strictly: no ``"5"`` for 5, no ``true`` for 1) against the type and limits of
+    the setting behind ``extra_params.key``; raises ``ValueError`` naming ``extra_params.key`` and its
+    environment twin."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    name = EXTRA_PARAM_FIELDS[key]
+    info = Settings.model_fields[name]
+    typ = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    adapter: TypeAdapter[object] = TypeAdapter(typ)
+    try:
+        return adapter.validate_python(value, strict=True)
+    except ValidationError as exc:
+        msg = "; ".join(e["msg"] for e in exc.errors())
+        raise ValueError(
+            f"extra_params.{key} = {value!r}: {msg} (the limits of {_env_name(name, {})})"
+        ) from None
 
 
 def _env_name(field: str, mapping: Mapping[str, tuple[str, ...]]) -> str:

@@ -16,6 +16,11 @@ from .proposals import Proposals, box_for_point
 POINT_LABELS = (-2, -1, 0, 1)
 #: Labels of the two box corners when a box is passed to the decoder as points.
 BOX_LABELS = (2.0, 3.0)
+#: Hard limit on points in one prompt. The decoder's token-to-image attention grows linearly with the
+#: prompt's tokens (10,000 points took 9 GB and 25 s); SAM was trained with at most a few dozen, so
+#: this bound keeps one decode's memory within a few MB of the one-point case. Servers set lower
+#: limits of their own (``EDGESAM_MAX_PROMPT_POINTS``).
+MAX_PROMPT_POINTS = 256
 
 
 class PromptError(ValueError):
@@ -32,6 +37,8 @@ def _as_points(point_coords: ArrayLike | None, point_labels: ArrayLike | None) -
         coords = coords[None]
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise PromptError(f"point_coords must have shape (N, 2) as (x, y), got {coords.shape}")
+    if coords.shape[0] > MAX_PROMPT_POINTS:
+        raise PromptError(f"a prompt may have at most {MAX_PROMPT_POINTS} points, got {coords.shape[0]}")
     if point_labels is None:
         raise PromptError("point_labels are required with point_coords (1 positive, 0 negative)")
     labels = np.asarray(point_labels, dtype=np.float64).reshape(-1)
@@ -125,4 +132,7 @@ def prior_prompt(
     return c, lab
 
 
-__all__ = ["BOX_LABELS", "POINT_LABELS", "PromptError", "check_mask_input", "pack_prompt", "prior_prompt"]
+__all__ = [
+    "BOX_LABELS",
+    "MAX_PROMPT_POINTS",
+    "POINT_LABELS", "PromptError", "check_mask_input", "pack_prompt", "prior_prompt"]

@@ -43,9 +43,13 @@ def local_files_path(url: str) -> str | None:
     u = urlsplit(url)
     if u.path.rstrip("/") != LOCAL_FILES_PATH:
         return None
-    ds = parse_qs(u.query, keep_blank_values=True).get("d")
+    params = parse_qs(u.query, keep_blank_values=True)
+    ds = params.get("d")
     if not ds or not ds[0]:
         raise UnsafePathError(f"local-files URL {url!r} has no ?d=<path>")
+    if len(ds) > 1 or len(params) > 1:
+        # the URL is forwarded to Label Studio as is: one checked ?d= must be the only one it reads
+        raise UnsafePathError(f"local-files URL {url!r} must have exactly one query parameter, ?d=<path>")
     return check_relpath(ds[0], "local-files path")
 
 

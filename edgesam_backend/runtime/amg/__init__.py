@@ -48,7 +48,7 @@ stage, ``encoder_s``, ``decoder_s``, ``postprocess_s`` (everything else, incl. `
 """
 
 from ..quality import QUALITY_SCORES
-from .generator import AutomaticMaskGenerator
+from .generator import AutomaticMaskGenerator, GenerationStopped
 from .records import OUTPUT_MODES
 
-__all__ = ["OUTPUT_MODES", "QUALITY_SCORES", "AutomaticMaskGenerator"]
+__all__ = ["OUTPUT_MODES", "QUALITY_SCORES", "AutomaticMaskGenerator", "GenerationStopped"]

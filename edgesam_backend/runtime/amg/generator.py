@@ -4,6 +4,7 @@ on an EdgeSAM predictor; see :mod:`edgesam_backend.runtime.amg` for the algorith
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ from .candidates import Candidates, remove_small_regions_nms
 from .params import check_boxes, check_image, check_point_grids, float_param, int_param
 from .records import OUTPUT_MODES, build_records
 from .stats import close_stats, new_stats
+
+
+class GenerationStopped(RuntimeError):
+    """``should_stop`` returned True between two decoder batches."""
 
 
 class AutomaticMaskGenerator:
@@ -45,6 +50,8 @@ class AutomaticMaskGenerator:
         output_mode: ``"binary_mask"``, ``"uncompressed_rle"`` or ``"coco_rle"``.
         quality_score: ``"stability"`` (default; EdgeSAM) or ``"iou"`` (SAM's behaviour).
         multimask: mask tokens per point: 3 (SAM's everything mode), 4 or 1.
+        should_stop: called before every decoder batch; when it returns True the generation raises
+            :class:`GenerationStopped` (a time budget or an abandoned request; nothing is returned).
     """
 
     #: Memory budget (bytes) of one upscaling chunk: low-res survivors are upscaled this many at a time.
@@ -68,6 +75,7 @@ class AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         quality_score: str = "stability",
         multimask: int = 3,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if not (
             callable(getattr(predictor, "encode", None)) and callable(getattr(predictor, "decode", None))
@@ -76,6 +84,7 @@ class AutomaticMaskGenerator:
                 f"predictor must be an EdgeSAM predictor with encode() and decode(), got {type(predictor)!r}"
             )
         self.predictor = predictor
+        self.should_stop = should_stop
         self.points_per_batch = int_param("points_per_batch", points_per_batch, 1)
         self.pred_iou_thresh = float_param("pred_iou_thresh", pred_iou_thresh, 0.0, 1.0)
         self.stability_score_thresh = float_param("stability_score_thresh", stability_score_thresh, 0.0, 1.0)
@@ -249,6 +258,8 @@ class AutomaticMaskGenerator:
         multimask: int,
     ) -> Decoded:
         """One batched decoder call; every token of ``multimask`` kept, stability at the configured offset."""
+        if self.should_stop is not None and self.should_stop():
+            raise GenerationStopped(f"stopped after {st['decoder_calls']} decoder batches")
         t = time.perf_counter()
         out = self.predictor.decode(
             coords,
