@@ -76,13 +76,46 @@ def locate(path: str | os.PathLike[str], root: yaml.Node | None, loc: tuple[Any,
     return mark(path, node_at(root, loc)[0])[0]
 
 
-def compose(text: str, path: Path) -> yaml.Node | None:
+def compose(text: str, path: str | os.PathLike[str]) -> yaml.Node | None:
+    """Parse ``text`` to a node tree; invalid YAML and duplicate keys are :class:`ConfigError` s."""
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    check_duplicate_keys(root, path)
+    return root
+
+
+def check_duplicate_keys(root: yaml.Node | None, path: str | os.PathLike[str]) -> None:
+    """A key given twice in one mapping is an error at the second one (PyYAML keeps the last silently).
+
+    Iterative (no recursion limit); aliases are visited once."""
+    stack, seen_nodes = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    ident = (k.tag, k.value)
+                    if ident in first:
+                        where = mark(path, k)[0]
+                        line = first[ident].start_mark.line + 1
+                        raise ConfigError(f"{where}: duplicate key {k.value!r} (first given at line {line})")
+                    first[ident] = k
+                stack.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def parse_value(text: str, where: str = "<value>") -> Any:
+    """One YAML value (a ``--set KEY=VALUE`` right-hand side) with the same rules as config files."""
+    return construct(compose(text, where))
 
 
 def expand_env_nodes(node: yaml.Node | None, path: Path) -> None:

@@ -126,20 +126,26 @@ def test_pack_prompt_refuses_more_points_than_the_hard_limit() -> None:
 def test_setup_hostname_never_receives_the_configured_api_key(files) -> None:
     rec = Recorder()
     with make_client(files, transport=rec, label_studio_api_key="SECRET") as c:
-        assert c.post("/setup", json={"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test"}).is_success
+        assert c.post(
+            "/setup", json={"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test"}
+        ).is_success
         c.post("/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/a.jpg"))
         assert rec.seen and all(auth is None or "SECRET" not in auth for _, auth in rec.seen), rec.seen
         # a token that came with the same /setup is used for that host
         body = {"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test", "access_token": "own"}
         assert c.post("/setup", json=body).is_success
-        r = c.post("/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/b.jpg", task_id=2))
+        r = c.post(
+            "/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/b.jpg", task_id=2)
+        )
         assert r.status_code == 200, r.text
         assert rec.seen[-1] == ("evil.test", "Token own")
 
 
 def test_configured_label_studio_gets_the_configured_key(files) -> None:
     rec = Recorder()
-    with make_client(files, transport=rec, label_studio_url="http://ls.test", label_studio_api_key="SECRET") as c:
+    with make_client(
+        files, transport=rec, label_studio_url="http://ls.test", label_studio_api_key="SECRET"
+    ) as c:
         body = {"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test", "access_token": "x"}
         assert c.post("/setup", json=body).is_success
         r = c.post("/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/a.jpg"))
@@ -178,14 +184,18 @@ def test_extra_params_have_the_env_limits(files, key, value) -> None:
     with make_client(files) as c:
         r = c.post("/setup", json={"project": "1.1", "schema": CONFIG, "extra_params": {key: value}})
         assert r.status_code == 400 and f"extra_params.{key}" in r.json()["detail"], r.text
-        ok = c.post("/setup", json={"project": "1.1", "schema": CONFIG, "extra_params": {"points_per_side": 128}})
+        ok = c.post(
+            "/setup", json={"project": "1.1", "schema": CONFIG, "extra_params": {"points_per_side": 128}}
+        )
         assert ok.status_code == 200
 
 
 def test_generator_stops_between_decoder_batches() -> None:
     pred = DiscPredictor()
     emb = pred.encode(np.zeros((64, 64, 3), np.uint8))
-    amg = AutomaticMaskGenerator(pred, points_per_side=8, points_per_batch=4, should_stop=lambda: len(pred.calls) >= 3)
+    amg = AutomaticMaskGenerator(
+        pred, points_per_side=8, points_per_batch=4, should_stop=lambda: len(pred.calls) >= 3
+    )
     with pytest.raises(GenerationStopped):
         amg.generate(emb)
     assert len(pred.calls) == 3
@@ -244,7 +254,9 @@ def test_abandoned_batch_request_stops_consuming_cpu(files) -> None:
 # --- 4: chunked bodies, webhook auth --------------------------------------------------------------------
 
 
-def _asgi_post(app, path: str, chunks: int, chunk: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+def _asgi_post(
+    app, path: str, chunks: int, chunk: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, int]:
     """POST a chunked body (no content-length) straight to the ASGI app; (status, chunks received)."""
     got = {"n": 0, "status": 0}
 
@@ -354,7 +366,12 @@ def _png_header_only(w: int, h: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_a_413() -> None:

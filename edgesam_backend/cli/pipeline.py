@@ -106,15 +106,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline.base import PipelineError
-    from ..pipeline.runner import PipelineStopped, run_pipeline
+    from ..pipeline.runner import OutputDirError, PipelineStopped, run_pipeline
 
     pipe = _load(args)
     try:
         summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
-    except PipelineStopped as exc:
+    except PipelineStopped as exc:  # max_errors (1) or every image failed (3)
         print(json.dumps(exc.summary))
         print(f"edgesam: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
+    except OutputDirError as exc:
+        print(f"edgesam: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except PipelineError as exc:
         raise CliError(str(exc)) from None
     print(json.dumps(summary))

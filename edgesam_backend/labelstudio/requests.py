@@ -1,7 +1,7 @@
 """Request bodies of the backend's POST routes, read under limits: ``application/json`` only (415),
-bytes counted while streaming, chunked or not (413 at ``max_body_bytes``, nothing more is read), nesting
-too deep to parse (400), context regions and prompt points (413 / 422); and running a request's work on a worker
-thread that is told to stop when the client disconnects (:mod:`.budget`)."""
+bytes counted while streaming, chunked or not (413 at ``max_body_bytes``, nothing more is read),
+nesting too deep to parse (400), context regions and prompt points (413 / 422); and running a request's
+work on a worker thread that is told to stop when the client disconnects (:mod:`.budget`)."""
 
 from __future__ import annotations
 

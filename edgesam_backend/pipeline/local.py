@@ -11,7 +11,9 @@
 Each worker owns one model (its own onnxruntime sessions, ``threads`` intra-op threads each); the encoder
 of image i+1 runs while the masks of image i are decoded. Items are read in source order; results are
 keyed, so completion order does not matter. ``on_outcome`` is called in the calling thread for every
-item; when it returns False the executor stops taking new images, finishes those in flight and returns.
+item; when it returns False the executor stops taking new images, finishes those in flight (already
+submitted to the reader pool: at most ``prefetch`` + 2 per worker) and returns; their results are stored
+(a re-run skips them) and their outcomes still reach ``on_outcome``.
 """
 
 from __future__ import annotations
@@ -67,19 +69,13 @@ def run_local(
             if store.has(key):
                 return "skip", Outcome(item.index, "skipped", key=key)
             stage = "decode"
-            image = processors[0].decode(data)
+            image = processors[0].decode(data, item.file_name)
             return "ok", (item, image, sha, key, t0)
         except Exception as exc:
             return "fail", Outcome(item.index, "failed", error=short_error(exc), stage=stage)
 
     def put(q: queue.Queue[Any], obj: Any) -> None:
-        while True:
-            try:
-                q.put(obj, timeout=0.1)
-                return
-            except queue.Full:
-                if stop.is_set() and obj is not _DONE:
-                    return
+        q.put(obj)  # consumers keep consuming until _DONE, also after a stop
 
     def reader() -> None:
         try:
@@ -99,10 +95,8 @@ def run_local(
                     pending.append(pool.submit(read_one, item, fp))
                     while len(pending) >= prefetch:
                         drain_one()
-                while pending and not stop.is_set():
+                while pending:  # in flight (submitted before a stop): finish them
                     drain_one()
-                for f in pending:
-                    f.cancel()
         finally:
             for _ in range(workers):
                 put(ready, _DONE)
@@ -113,8 +107,6 @@ def run_local(
             if job is _DONE:
                 put(mid, _DONE)
                 return
-            if stop.is_set():
-                continue
             item, image, sha, key, t0 = job
             t = time.perf_counter()
             try:
@@ -130,8 +122,6 @@ def run_local(
             if job is _DONE:
                 outcomes.put(_DONE)
                 return
-            if stop.is_set():
-                continue
             item, image, sha, key, t0, enc_s, emb = job
             stage = "segment"
             try:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import yaml
-
-from ..yamlconfig import ConfigError
+from ..yamlconfig import ConfigError, parse_value
 
 _SET_TOKEN = re.compile(r"([^.\[\]]+)|\[([^\]]*)\]")
 
@@ -34,10 +32,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             raise ConfigError(f"--set {text!r}: cannot parse the key {key!r}")
         parts.append(m.group(1) if m.group(1) is not None else f"[{m.group(2)}]")
         pos = m.end()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: invalid YAML value: {exc}") from None
+    value = parse_value(raw, f"--set {text!r}") if raw.strip() else ""
     return parts, value
 
 

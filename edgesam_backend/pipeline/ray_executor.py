@@ -85,7 +85,7 @@ class SegmentActor:
         t0 = time.perf_counter()
         stage = "decode"
         try:
-            image = self.proc.decode(bytes(row["data"]))
+            image = self.proc.decode(bytes(row["data"]), item.file_name)
             stage = "encode"
             t = time.perf_counter()
             emb = self.proc.encode(image)

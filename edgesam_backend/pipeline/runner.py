@@ -32,13 +32,50 @@ from .registry import load_registry
 from .store import ResultStore
 from .worker import Outcome
 
+#: ``edgesam run`` exit codes besides 0 (ok), 1 (stopped by max_errors) and 2 (config errors).
+EXIT_ALL_FAILED = 3
+EXIT_OUTPUT_DIR = 4
+
 
 class PipelineStopped(PipelineError):
     """The run stopped early (too many failed images); ``summary`` says where it got to."""
 
+    exit_code = 1
+
     def __init__(self, message: str, summary: dict[str, Any]) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class PipelineFailed(PipelineStopped):
+    """Every image of the run failed (nothing to export); ``summary`` lists the failures."""
+
+    exit_code = EXIT_ALL_FAILED
+
+
+class OutputDirError(PipelineError):
+    """``output_dir`` cannot be created or written (the message names the path)."""
+
+    exit_code = EXIT_OUTPUT_DIR
+
+
+def open_store(output_dir: Path, run_info: dict[str, Any]) -> ResultStore:
+    """The acquired result store of ``output_dir`` with the run info written; an unwritable directory
+    (read-only, a parent that is a file, /proc) is an :class:`OutputDirError`."""
+    store = ResultStore(output_dir)
+    try:
+        store.acquire()
+    except OSError as exc:
+        raise OutputDirError(
+            f"output_dir {output_dir} is not writable: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(output_dir) else "")
+        ) from None
+    try:
+        store.write_run_info(run_info)
+    except OSError as exc:
+        store.release()
+        raise OutputDirError(f"output_dir {output_dir} is not writable: {exc.strerror or exc}") from None
+    return store
 
 
 def resolve(cfg: ModelConfig) -> ResolvedModel:
@@ -163,18 +200,17 @@ def run_pipeline(
     fingerprints = [prep.prompt.fingerprint(it) for it in items]
     plan = make_plan(prep, model, chash)
 
-    store = ResultStore(prep.output_dir)
-    store.acquire()
+    store = open_store(
+        prep.output_dir,
+        {
+            "pipeline": pipe.source_path,
+            "config_hash": chash,
+            "encoder": str(encoder),
+            "decoder": str(decoder),
+            "images": len(items),
+        },
+    )
     try:
-        store.write_run_info(
-            {
-                "pipeline": pipe.source_path,
-                "config_hash": chash,
-                "encoder": str(encoder),
-                "decoder": str(decoder),
-                "images": len(items),
-            }
-        )
         bar = Progress(len(items), stream=stream, enabled=progress)
         keys: dict[int, str] = {}
         failures: list[dict[str, Any]] = []
@@ -250,6 +286,15 @@ def run_pipeline(
                 "and run again: finished images are kept and skipped.",
                 summary,
             )
+        if items and failures and not keys:
+            summary["status"] = "failed"
+            summary["seconds"] = round(time.perf_counter() - t_start, 3)
+            listed = "; ".join(f"{f['file_name']} ({f['stage']}): {f['error']}" for f in failures[:5])
+            raise PipelineFailed(
+                f"all {len(items)} images failed, nothing was exported: {listed}"
+                f"{'; ...' if len(failures) > 5 else ''}. Failures are listed in {store.failures_dir}.",
+                summary,
+            )
         summary["masks"], summary["exports"] = _export(prep, items, keys, store, categories, chash)
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
         return summary
@@ -302,6 +347,10 @@ def _export(
 
 
 __all__ = [
+    "EXIT_ALL_FAILED",
+    "EXIT_OUTPUT_DIR",
+    "OutputDirError",
+    "PipelineFailed",
     "PipelineStopped",
     "config_hash",
     "instantiate",

@@ -133,10 +133,11 @@ class ImageProcessor:
         return result_key(image_sha256, self.config_hash, fingerprint)
 
     @staticmethod
-    def decode(data: bytes) -> NDArray[np.uint8]:
+    def decode(data: bytes, name: str | None = None) -> NDArray[np.uint8]:
+        """Image bytes → ``(H, W, 3)`` uint8 RGB; errors call the image ``name`` (its file name)."""
         from ..runtime.image import load_image
 
-        return load_image(data)
+        return load_image(data, name=name)
 
     def encode(self, image: NDArray[np.uint8]) -> ImageEmbedding | None:
         return self.predictor.encode(image) if self.needs_embedding else None

@@ -135,4 +135,9 @@ def prior_prompt(
 __all__ = [
     "BOX_LABELS",
     "MAX_PROMPT_POINTS",
-    "POINT_LABELS", "PromptError", "check_mask_input", "pack_prompt", "prior_prompt"]
+    "POINT_LABELS",
+    "PromptError",
+    "check_mask_input",
+    "pack_prompt",
+    "prior_prompt",
+]
