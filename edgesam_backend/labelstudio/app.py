@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..runtime.base import BasePredictor
+from . import openapi
 from .errors import BackendError
 from .images import ImageFetcher
 from .memory import Trimmer
@@ -47,7 +48,7 @@ from .settings import Settings
 
 log = logging.getLogger("edgesam_backend.labelstudio")
 
-ROUTES = ("/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics")
+ROUTES = ("/", "/health", "/setup", "/predict", "/webhook", "/versions", "/metrics", "/openapi.json")
 NO_AUTH = ("/", "/health")
 
 
@@ -171,7 +172,7 @@ def create_app(
         version=__version__,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     app.state.backend = backend
     app.state.settings = settings
@@ -213,7 +214,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         return health_body()
 
-    @app.post("/setup")
+    @app.post("/setup", openapi_extra=openapi.SETUP)
     async def setup(request: Request) -> dict[str, Any]:
         return backend.setup(await read_json(request))
 
@@ -222,7 +223,7 @@ def create_app(
         # would walk every int on the event loop; orjson is ~5x faster than json on them
         return orjson.dumps(backend.predict(body))
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=openapi.PREDICT)
     async def predict(request: Request) -> Response:
         body = await read_json(request)
         params = body.get("params")
@@ -243,7 +244,7 @@ def create_app(
             await anyio.to_thread.run_sync(trimmer.trim)
         return Response(content, media_type="application/json")
 
-    @app.post("/webhook")
+    @app.post("/webhook", openapi_extra=openapi.WEBHOOK)
     async def webhook(request: Request) -> JSONResponse:
         status, body = backend.webhook(await read_json(request))
         return JSONResponse(body, status_code=status)
