@@ -10,10 +10,15 @@ Studio's ``/data/upload/`` (a loopback HTTP server in this process with token au
 * ``concurrent``: C clients x N clicks at once over a few images (errors, p50/p95, throughput), and the
   server's peak RSS.
 
+* ``--soak``: C clients x N clicks on random images, more of them (``--soak-images``) than the cache
+  (``--cache-mb``) holds: errors, p50/p95/p99, and the server's RSS at start, peak, end of load and
+  after ``--idle`` seconds (the plateau: freed memory is trimmed back to the OS after requests).
+
 Targets on 2 cores: cached click p50 <= 60 ms; first click <= 0.7 s at 1024 px; zero errors.
 
 Usage: python benchmarks/backend.py [--onnx-dir DIR] [--clicks 100] [--clients 8]
        [--clicks-per-client 100] [--threads N] [--out result.json]
+       python benchmarks/backend.py --soak --clients 4 --clicks-per-client 300 --soak-images 20 --cache-mb 64
 Without ``--onnx-dir`` the random-weight reference checkpoint in ../shared is exported (once, cached);
 its speed equals the real model's (same architecture).
 """
@@ -202,6 +207,105 @@ def peak_rss(pid: int) -> dict[str, int]:
     return out
 
 
+def start_backend(
+    onnx_dir: Path, ls_url: str, threads: int, intra_op: int | None, **env_extra: str
+) -> tuple[subprocess.Popen, str]:
+    """``edgesam serve`` on a free port with the stand-in Label Studio at ``ls_url``; (process, base)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "THREADS": str(threads),
+        "LOG_LEVEL": "WARNING",
+        **env_extra,
+    }
+    if intra_op:
+        env["EDGESAM_INTRA_OP_THREADS"] = str(intra_op)
+    cmd = [sys.executable, "-m", "edgesam_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--onnx-dir", str(onnx_dir)], env=env)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("edgesam serve did not start")
+        time.sleep(0.2)
+
+
+def soak(args: argparse.Namespace, onnx_dir: Path) -> dict:
+    """N clients x M clicks over more images than the cache holds (every miss downloads and encodes
+    again): errors, latency p50/p95/p99 and the server's RSS at start, peak and after ``--idle`` s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        images = make_images(root, args.soak_images)
+        srv, ls_url = image_server(root)
+        proc, base = start_backend(
+            onnx_dir, ls_url, max(4, args.clients), args.threads, EDGESAM_CACHE_MB=str(args.cache_mb)
+        )
+        try:
+            wait_healthy(proc, base)
+            rss_start = peak_rss(proc.pid).get("rss_mb")
+            lat: list[float] = []
+            errors = 0
+            lock = threading.Lock()
+
+            def client_loop(k: int) -> None:
+                nonlocal errors
+                r = random.Random(k)
+                with httpx.Client(base_url=base, timeout=120) as cc:
+                    for _ in range(args.clicks_per_client):
+                        i = r.randrange(len(images))
+                        name, w, h = images[i]
+                        pt = [kp(r.uniform(5, 95), r.uniform(5, 95), w, h)]
+                        dt, ok = click(cc, body(1000 + i, name, pt))
+                        with lock:
+                            lat.append(dt)
+                            errors += not ok
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            busy = peak_rss(proc.pid)
+            time.sleep(args.idle)
+            idle = peak_rss(proc.pid)
+            lat.sort()
+            q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else [lat[0]] * 99
+            return {
+                "mode": "soak",
+                "clients": args.clients,
+                "clicks_per_client": args.clicks_per_client,
+                "images": len(images),
+                "cache_mb": args.cache_mb,
+                "errors": errors,
+                "p50_ms": round(q[49] * 1000, 1),
+                "p95_ms": round(q[94] * 1000, 1),
+                "p99_ms": round(q[98] * 1000, 1),
+                "wall_s": round(wall, 2),
+                "rss_mb": {
+                    "start": rss_start,
+                    "peak": busy.get("peak_rss_mb"),
+                    "end_of_load": busy.get("rss_mb"),
+                    f"idle_{args.idle:g}s": idle.get("rss_mb"),
+                },
+            }
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            srv.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx-dir", type=Path)
@@ -211,6 +315,10 @@ def main() -> None:
     ap.add_argument("--clicks-per-client", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--soak", action="store_true", help="soak mode: --clients x --clicks-per-client")
+    ap.add_argument("--soak-images", type=int, default=24, help="soak: images (more than the cache holds)")
+    ap.add_argument("--cache-mb", type=float, default=64, help="soak: EDGESAM_CACHE_MB (4 MB per image)")
+    ap.add_argument("--idle", type=float, default=10, help="soak: seconds idle before the last RSS")
     args = ap.parse_args()
 
     onnx_dir = args.onnx_dir
@@ -218,50 +326,26 @@ def main() -> None:
         from edgesam_backend.runtime.resolve import resolve_model
 
         onnx_dir = resolve_model(DEFAULT_CKPT).encoder.parent
+    if args.soak:
+        text = json.dumps(soak(args, onnx_dir), indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n_images = args.new_images + 5
         images = make_images(root, n_images)
         srv, ls_url = image_server(root)
-        port = free_port()
-        env = {
-            **os.environ,
-            "LABEL_STUDIO_URL": ls_url,
-            "LABEL_STUDIO_API_KEY": TOKEN,
-            "THREADS": str(max(8, args.clients)),
-            "LOG_LEVEL": "WARNING",
-        }
-        if args.threads:
-            env["EDGESAM_INTRA_OP_THREADS"] = str(args.threads)
-        cmd = [
-            sys.executable,
-            "-m",
-            "edgesam_backend.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        proc = subprocess.Popen([*cmd, "--onnx-dir", str(onnx_dir)], env=env)
-        base = f"http://127.0.0.1:{port}"
+        proc, base = start_backend(onnx_dir, ls_url, max(8, args.clients), args.threads)
         result: dict = {
             "device": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         }
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("edgesam serve did not start")
-                time.sleep(0.2)
+            wait_healthy(proc, base)
             with httpx.Client(base_url=base, timeout=120) as c:
                 # first click on new images (incl. download, decode, encode)
                 firsts = []

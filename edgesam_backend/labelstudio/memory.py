@@ -36,8 +36,14 @@ class Trimmer:
         self._last = 0.0
         self._lock = threading.Lock()
         self._libc = _libc()
+        self._timer: threading.Timer | None = None
         if self._libc is not None and arena_max:
             self._libc.mallopt(M_ARENA_MAX, int(arena_max))
+
+    def _deferred(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.trim(force=True)
 
     @property
     def available(self) -> bool:
@@ -50,6 +56,10 @@ class Trimmer:
         with self._lock:
             now = time.monotonic()
             if not force and now - self._last < self.min_interval:
+                if self._timer is None:  # trim once more after the burst, so idle memory is returned
+                    self._timer = threading.Timer(self.min_interval, self._deferred)
+                    self._timer.daemon = True
+                    self._timer.start()
                 return False
             self._last = now
             self.trims += 1
