@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -207,6 +208,33 @@ def peak_rss(pid: int) -> dict[str, int]:
     return out
 
 
+def run_clients(
+    base: str, clients: int, clicks: int, payload: Callable[[random.Random, int], dict]
+) -> tuple[list[float], int, float]:
+    """``clients`` threads x ``clicks`` clicks, ``payload(rng, client)`` each; (latencies, errors, wall s)."""
+    lat: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client_loop(k: int) -> None:
+        nonlocal errors
+        r = random.Random(k)
+        with httpx.Client(base_url=base, timeout=120) as cc:
+            for _ in range(clicks):
+                dt, ok = click(cc, payload(r, k))
+                with lock:
+                    lat.append(dt)
+                    errors += not ok
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, errors, time.perf_counter() - t0
+
+
 def start_backend(
     onnx_dir: Path, ls_url: str, threads: int, intra_op: int | None, **env_extra: str
 ) -> tuple[subprocess.Popen, str]:
@@ -253,30 +281,13 @@ def soak(args: argparse.Namespace, onnx_dir: Path) -> dict:
         try:
             wait_healthy(proc, base)
             rss_start = peak_rss(proc.pid).get("rss_mb")
-            lat: list[float] = []
-            errors = 0
-            lock = threading.Lock()
 
-            def client_loop(k: int) -> None:
-                nonlocal errors
-                r = random.Random(k)
-                with httpx.Client(base_url=base, timeout=120) as cc:
-                    for _ in range(args.clicks_per_client):
-                        i = r.randrange(len(images))
-                        name, w, h = images[i]
-                        pt = [kp(r.uniform(5, 95), r.uniform(5, 95), w, h)]
-                        dt, ok = click(cc, body(1000 + i, name, pt))
-                        with lock:
-                            lat.append(dt)
-                            errors += not ok
+            def payload(r: random.Random, k: int) -> dict:
+                i = r.randrange(len(images))
+                name, w, h = images[i]
+                return body(1000 + i, name, [kp(r.uniform(5, 95), r.uniform(5, 95), w, h)])
 
-            t0 = time.perf_counter()
-            threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
+            lat, errors, wall = run_clients(base, args.clients, args.clicks_per_client, payload)
             busy = peak_rss(proc.pid)
             time.sleep(args.idle)
             idle = peak_rss(proc.pid)
@@ -403,31 +414,12 @@ def main() -> None:
 
             # concurrent clients: each works on one of 4 images (two of them new, so encodes overlap clicks)
             pool = images[args.new_images - 2 : args.new_images + 2]
-            lat: list[float] = []
-            errors = 0
-            lock = threading.Lock()
 
-            def client_loop(k: int) -> None:
-                nonlocal errors
-                r = random.Random(k)
+            def pool_click(r: random.Random, k: int) -> dict:
                 name, w, h = pool[k % len(pool)]
-                with httpx.Client(base_url=base, timeout=120) as cc:
-                    for _ in range(args.clicks_per_client):
-                        dt, ok = click(
-                            cc,
-                            body(100 + k % len(pool), name, [kp(r.uniform(5, 95), r.uniform(5, 95), w, h)]),
-                        )
-                        with lock:
-                            lat.append(dt)
-                            errors += not ok
+                return body(100 + k % len(pool), name, [kp(r.uniform(5, 95), r.uniform(5, 95), w, h)])
 
-            t0 = time.perf_counter()
-            threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(args.clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
+            lat, errors, wall = run_clients(base, args.clients, args.clicks_per_client, pool_click)
             result["concurrent"] = {
                 "clients": args.clients,
                 "clicks_per_client": args.clicks_per_client,

@@ -15,23 +15,10 @@ from edgesam_backend.pipeline.runner import EXIT_ALL_FAILED, EXIT_OUTPUT_DIR
 from edgesam_backend.yamlconfig import ConfigError, read_yaml
 
 from .conftest import IMAGES
+from .test_pipeline_run import FAIL_YAML
 
-YAML = """
-model:
-  onnx_dir: {onnx}
-output_dir: out
-max_errors: {max_errors}
-executor:
-  type: local
-  prefetch: 4
-steps:
-  - kind: source.folder
-    path: {images}
-  - kind: prompt.grid
-    points_per_side: 1
-  - kind: segment
-  - kind: export.coco
-"""
+# test_pipeline_run's failure pipeline with a prefetch of 4 (all four test images are read at once)
+YAML = FAIL_YAML.replace("steps:\n", "executor:\n  type: local\n  prefetch: 4\nsteps:\n", 1)
 
 
 def _run(cfg: Path, out: Path, capsys) -> tuple[int, dict, str]:

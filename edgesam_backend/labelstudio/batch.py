@@ -83,96 +83,66 @@ def run_batch(
     budget_s = settings.batch_time_budget
     t_start = time.monotonic()
     with _budget.deadline(t_start + budget_s if budget_s else None):
-        return _run_tasks(
-            tasks,
-            config,
-            label,
-            state,
-            settings,
-            metrics,
-            model_version,
-            task_embedding,
-            masks_for,
-            outputs,
-            budget_s,
-            t_start,
-        )
-
-
-def _run_tasks(
-    tasks: list[Any],
-    config: LabelConfig,
-    label: str,
-    state: ProjectState | None,
-    settings: Settings,
-    metrics: Metrics,
-    model_version: str,
-    task_embedding: Callable[[Any, int], ImageEmbedding],
-    masks_for: Callable[[ImageEmbedding, ProjectState | None], list[dict[str, Any]]],
-    outputs: Any,
-    budget: float,
-    t_start: float,
-) -> list[Any]:
-    results: list[Any] = []
-    for i, task in enumerate(tasks):
-        if _budget.cancelled():
-            log.info("batch request abandoned by the client after %d of %d tasks", i, len(tasks))
-            results.extend([] for _ in tasks[i:])
-            break
-        elapsed = time.monotonic() - t_start
-        per_task = elapsed / i if i else 0.0
-        if budget and i and elapsed + per_task > budget:
-            # Label Studio gives up after 100 s and then stores nothing: answer in time; the rest
-            # get no prediction now and are predicted by the next "Retrieve predictions"
-            log.warning(
-                "batch time budget of %.0f s reached after %d of %d tasks; the rest are left for "
-                "the next request",
-                budget,
-                i,
-                len(tasks),
-            )
-            metrics.batch_deferred.inc(amount=len(tasks) - i)
-            results.extend([] for _ in tasks[i:])
-            break
-        try:
-            emb = task_embedding(task, i)
-            t0 = time.perf_counter()
-            regions: list[dict[str, Any]] = []
-            scores = []
-            for rec in masks_for(emb, state):
-                score = float(rec.get("stability_score", rec.get("predicted_iou", 0.0)))
-                scores.append(score)
-                regions += mask_regions(
-                    np.asarray(rec["segmentation"], dtype=bool),
-                    outputs,
-                    config.image.name,
-                    label,
-                    score,
-                    0,
-                    settings.polygon_tolerance,
+        results: list[Any] = []
+        for i, task in enumerate(tasks):
+            if _budget.cancelled():
+                log.info("batch request abandoned by the client after %d of %d tasks", i, len(tasks))
+                results.extend([] for _ in tasks[i:])
+                break
+            elapsed = time.monotonic() - t_start
+            per_task = elapsed / i if i else 0.0
+            if budget_s and i and elapsed + per_task > budget_s:
+                # Label Studio gives up after 100 s and then stores nothing: answer in time; the rest
+                # get no prediction now and are predicted by the next "Retrieve predictions"
+                log.warning(
+                    "batch time budget of %.0f s reached after %d of %d tasks; the rest are left for "
+                    "the next request",
+                    budget_s,
+                    i,
+                    len(tasks),
                 )
-            metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
-            metrics.predictions.inc("batch")
-            results.append(
-                {
-                    "result": regions,
-                    "score": round(float(np.mean(scores)) if scores else 0.0, 6),
-                    "model_version": model_version,
-                }
-            )
-        except GenerationStopped:
-            # the time budget ran out (or the client left) inside this task: it and the rest get no
-            # prediction now (Label Studio retries them with the next request)
-            log.warning("batch stopped inside task %d of %d (time budget or abandoned)", i + 1, len(tasks))
-            metrics.batch_deferred.inc(amount=len(tasks) - i)
-            results.extend([] for _ in tasks[i:])
-            break
-        except BackendError as exc:
-            if len(tasks) == 1:
-                raise
-            # no prediction for this task (LS stores nothing and retries it next time)
-            tid = task.get("id") if isinstance(task, dict) else None
-            log.warning("batch prediction for task %s failed: %s", tid, exc.message)
-            metrics.prediction_errors.inc("batch", str(exc.status))
-            results.append([])
-    return results
+                metrics.batch_deferred.inc(amount=len(tasks) - i)
+                results.extend([] for _ in tasks[i:])
+                break
+            try:
+                emb = task_embedding(task, i)
+                t0 = time.perf_counter()
+                regions: list[dict[str, Any]] = []
+                scores = []
+                for rec in masks_for(emb, state):
+                    score = float(rec.get("stability_score", rec.get("predicted_iou", 0.0)))
+                    scores.append(score)
+                    regions += mask_regions(
+                        np.asarray(rec["segmentation"], dtype=bool),
+                        outputs,
+                        config.image.name,
+                        label,
+                        score,
+                        0,
+                        settings.polygon_tolerance,
+                    )
+                metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
+                metrics.predictions.inc("batch")
+                results.append(
+                    {
+                        "result": regions,
+                        "score": round(float(np.mean(scores)) if scores else 0.0, 6),
+                        "model_version": model_version,
+                    }
+                )
+            except GenerationStopped:
+                # the time budget ran out (or the client left) inside this task: it and the rest get no
+                # prediction now (Label Studio retries them with the next request)
+                log.warning("batch stopped in task %d of %d (time budget or abandoned)", i + 1, len(tasks))
+                metrics.batch_deferred.inc(amount=len(tasks) - i)
+                results.extend([] for _ in tasks[i:])
+                break
+            except BackendError as exc:
+                if len(tasks) == 1:
+                    raise
+                # no prediction for this task (LS stores nothing and retries it next time)
+                tid = task.get("id") if isinstance(task, dict) else None
+                log.warning("batch prediction for task %s failed: %s", tid, exc.message)
+                metrics.prediction_errors.inc("batch", str(exc.status))
+                results.append([])
+        return results
