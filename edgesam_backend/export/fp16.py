@@ -49,6 +49,7 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
         )
     except Exception as exc:
         raise Fp16Error(f"float16 conversion of {src} failed: {type(exc).__name__}: {exc}") from None
+    _toposort(half.graph)  # the converter appends its input casts after their consumers
     meta = read_metadata(src) | {"edgesam.precision": "fp16"}
     del half.metadata_props[:]
     for k, v in meta.items():
@@ -62,6 +63,26 @@ def convert_fp16(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pa
     with atomic_open(out) as f:
         onnx.save(half, f)
     return out
+
+
+def _toposort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (stable)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in known for i in node.input):
+                ordered.append(node)
+                known.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise Fp16Error(f"the float16 graph has a cycle or a missing input at {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def export_fp16(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str]) -> tuple[Path, Path]:

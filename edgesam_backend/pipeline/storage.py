@@ -16,6 +16,7 @@ which is what the result store needs in place of a rename.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import posixpath
 import re
@@ -141,6 +142,28 @@ def find(root: str | os.PathLike[str]) -> list[str]:
     return [f.relative_to(base).as_posix() for f in base.rglob("*") if f.is_file()]
 
 
+def glob_match(rel: str, pattern: str) -> bool:
+    """``Path.glob`` semantics on ``/``-separated names: ``*`` within a segment, ``**`` any segments."""
+    parts, pats = rel.split("/"), pattern.strip("/").split("/")
+
+    def match(i: int, j: int) -> bool:
+        if j == len(pats):
+            return i == len(parts)
+        if pats[j] == "**":
+            return any(match(k, j + 1) for k in range(i, len(parts) + 1))
+        return i < len(parts) and fnmatch.fnmatchcase(parts[i], pats[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def relative_url(url: str, root: str) -> str:
+    """``url`` relative to ``root`` when below it, else the URL's path part (no protocol)."""
+    root = root.rstrip("/") + "/"
+    if url.startswith(root):
+        return url[len(root) :]
+    return display(url).split("://", 1)[-1]
+
+
 def upload_tree(local_dir: str | os.PathLike[str], url: str) -> None:
     """Copy every file below ``local_dir`` to the same relative place below ``url`` (each a whole PUT)."""
     base = Path(local_dir)
@@ -155,12 +178,14 @@ __all__ = [
     "exists",
     "filesystem",
     "find",
+    "glob_match",
     "is_url",
     "isdir",
     "join",
     "local_path",
     "read_bytes",
     "read_text",
+    "relative_url",
     "remove",
     "upload_tree",
     "write_bytes",

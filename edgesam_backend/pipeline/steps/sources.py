@@ -47,14 +47,6 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _url_rel(url: str, root: str) -> str:
-    """``url`` relative to ``root`` when below it, else the URL's path part (no protocol)."""
-    root = root.rstrip("/") + "/"
-    if url.startswith(root):
-        return url[len(root) :]
-    return storage.display(url).split("://", 1)[-1]
-
-
 def _under(path: Path, directory: Path) -> bool:
     try:
         path.resolve().relative_to(directory.resolve())
@@ -142,7 +134,7 @@ class FolderSource(SourceStep):
             if any(part.startswith(".") for part in parts):
                 continue
             if cfg.glob:
-                if not _glob_match(rel, cfg.glob):
+                if not storage.glob_match(rel, cfg.glob):
                     continue
             elif not cfg.recursive and len(parts) > 1:
                 continue
@@ -160,20 +152,6 @@ class FolderSource(SourceStep):
             ImageItem(index=i, id=i + 1, file_name=rel, path=storage.join(root, rel))
             for i, rel in enumerate(found)
         ]
-
-
-def _glob_match(rel: str, pattern: str) -> bool:
-    """``Path.glob`` semantics on ``/``-separated names: ``*`` within a segment, ``**`` any segments."""
-    parts, pats = rel.split("/"), pattern.strip("/").split("/")
-
-    def match(i: int, j: int) -> bool:
-        if j == len(pats):
-            return i == len(parts)
-        if pats[j] == "**":
-            return any(match(k, j + 1) for k in range(i, len(parts) + 1))
-        return i < len(parts) and fnmatch.fnmatchcase(parts[i], pats[j]) and match(i + 1, j + 1)
-
-    return match(0, 0)
 
 
 # --- source.files ------------------------------------------------------------------------------------
@@ -225,7 +203,7 @@ class FilesSource(SourceStep):
         for i, e in enumerate(entries):
             if storage.is_url(e) or storage.is_url(base):
                 path = e if storage.is_url(e) else storage.join(base, e)
-                name = _url_rel(path, str(root))
+                name = storage.relative_url(path, str(root))
             else:
                 p = Path(e).expanduser()
                 p = p if p.is_absolute() else Path(base) / p
