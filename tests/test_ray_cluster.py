@@ -114,7 +114,9 @@ def _node_b_actor_alive(address: str, node_b: str) -> bool:
     from ray.util.state import list_actors
 
     try:
-        actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        actors = list_actors(
+            address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
+        )
     except Exception:
         return False
     return any(a.node_id == node_b and "SegmentActor" in (a.class_name or "") for a in actors)
