@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -28,24 +27,14 @@ from edgesam_backend.pipeline.runner import run_pipeline
 from edgesam_backend.pipeline.store import ResultStore
 
 from .conftest import IMAGES, REPO
-from .helpers import free_port
+from .helpers import free_port, grid_pipeline_yaml
 
 NAMES = ["1.jpeg", "2.jpeg", "3.jpeg", "4.jpeg", "5.jpeg", "6.jpeg"]
 #: Distinctive fake credentials: the test greps every output object for them.
 KEY_ID, SECRET = "AKIAEDGESAMTESTKEY01", "edgesamSecretValueThatMustNeverLeak"
 BUCKET = "edgesam-test"
 
-YAML = """
-model:
-  onnx_dir: {onnx}
-executor: {executor}
-output_dir: {out}
-steps:
-  - kind: source.folder
-    path: {images}
-  - kind: prompt.grid
-    points_per_side: 2
-  - kind: segment
+STEPS = """\
   - kind: refine
     stability_score_thresh: 0.2
   - kind: export.coco
@@ -179,7 +168,7 @@ def _yaml(tmp_path: Path, name: str, onnx, images: str, out: str, executor: str 
     d = tmp_path / f"{name}-cfg"
     d.mkdir(exist_ok=True)
     p = d / "pipeline.yaml"  # one file name: the export's description is the YAML's stem
-    p.write_text(textwrap.dedent(YAML).format(onnx=onnx, images=images, out=out, executor=executor))
+    p.write_text(grid_pipeline_yaml(onnx, images, out, executor, STEPS))
     return p
 
 

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -40,20 +39,7 @@ IMAGES = REPO.parent / "shared" / "images"
 NAMES = ["1.jpeg", "2.jpeg", "3.jpeg", "4.jpeg", "5.jpeg", "6.jpeg", "7.jpeg", "8.jpeg"]
 UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc"]
 
-YAML = """
-model:
-  onnx_dir: {onnx}
-executor: {executor}
-output_dir: {out}
-steps:
-  - kind: source.folder
-    path: {images}
-  - kind: prompt.grid
-    points_per_side: 2
-  - kind: segment
-  - kind: export.coco
-  - kind: export.png
-"""
+STEPS = "  - kind: export.coco\n  - kind: export.png\n"
 
 
 def test_two_node_cluster(onnx_dir, tmp_path):
@@ -104,9 +90,9 @@ def _pipeline(work: Path, onnx: str, name: str, executor: str):
     d = work / f"{name}-cfg"
     d.mkdir()
     p = d / "pipeline.yaml"
-    p.write_text(
-        textwrap.dedent(YAML).format(onnx=onnx, executor=executor, out=work / name, images=work / "images")
-    )
+    from helpers import grid_pipeline_yaml  # run as a script: tests/ is on sys.path
+
+    p.write_text(grid_pipeline_yaml(onnx, work / "images", work / name, executor, STEPS))
     return load_pipeline(p)
 
 

@@ -94,49 +94,10 @@ class FolderSource(SourceStep):
     def items(self) -> list[ImageItem]:
         cfg: FolderConfig = self.config
         exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in cfg.extensions}
-        if storage.is_url(cfg.path):
-            return self._url_items(cfg, exts)
-        root = Path(cfg.path)
-        if cfg.glob:
-            candidates = root.glob(cfg.glob)
-        else:
-            candidates = root.rglob("*") if cfg.recursive else root.glob("*")
-        out_dir = self.ctx.output_dir
+        root = cfg.path.rstrip("/") if storage.is_url(cfg.path) else str(Path(cfg.path))
         found = []
-        for p in candidates:
-            rel = _rel(p, root)
-            if any(part.startswith(".") for part in Path(rel).parts):
-                continue
-            if p.suffix.lower() not in exts or not p.is_file() or _under(p, out_dir):
-                continue
-            if any(fnmatch.fnmatch(rel, pat) for pat in cfg.exclude):
-                continue
-            found.append(rel)
-        found.sort(key=natural_key)
-        if cfg.limit is not None:
-            found = found[: cfg.limit]
-        if not found:
-            raise self.error(f"no images with extensions {sorted(exts)} found in {root}")
-        return [
-            ImageItem(index=i, id=i + 1, file_name=rel, path=str(root / rel)) for i, rel in enumerate(found)
-        ]
-
-    def _url_items(self, cfg: FolderConfig, exts: set[str]) -> list[ImageItem]:
-        """The same listing below a URL (``glob`` matched segment-wise, ``**`` any depth)."""
-        root = cfg.path.rstrip("/")
-        try:
-            rels = storage.find(root)
-        except (OSError, storage.StorageError) as exc:
-            raise self.error(f"cannot list {storage.display(root)}: {exc}") from None
-        found = []
-        for rel in rels:
-            parts = rel.split("/")
-            if any(part.startswith(".") for part in parts):
-                continue
-            if cfg.glob:
-                if not storage.glob_match(rel, cfg.glob):
-                    continue
-            elif not cfg.recursive and len(parts) > 1:
+        for rel in self._candidates(cfg, root):
+            if any(part.startswith(".") for part in rel.split("/")):
                 continue
             if posixpath.splitext(rel)[1].lower() not in exts:
                 continue
@@ -152,6 +113,26 @@ class FolderSource(SourceStep):
             ImageItem(index=i, id=i + 1, file_name=rel, path=storage.join(root, rel))
             for i, rel in enumerate(found)
         ]
+
+    def _candidates(self, cfg: FolderConfig, root: str) -> list[str]:
+        """Files below ``root`` (``/``-separated, relative), by ``glob`` / ``recursive``; on disk
+        anything below the run's output directory is left out. URLs: ``glob`` is matched segment-wise
+        (``**`` any depth), as ``Path.glob`` does."""
+        if storage.is_url(root):
+            try:
+                rels = storage.find(root)
+            except (OSError, storage.StorageError) as exc:
+                raise self.error(f"cannot list {storage.display(root)}: {exc}") from None
+            if cfg.glob:
+                return [r for r in rels if storage.glob_match(r, cfg.glob)]
+            return rels if cfg.recursive else [r for r in rels if "/" not in r]
+        base = Path(root)
+        if cfg.glob:
+            paths = base.glob(cfg.glob)
+        else:
+            paths = base.rglob("*") if cfg.recursive else base.glob("*")
+        out_dir = self.ctx.output_dir
+        return [_rel(p, base) for p in paths if p.is_file() and not _under(p, out_dir)]
 
 
 # --- source.files ------------------------------------------------------------------------------------
