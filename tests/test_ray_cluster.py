@@ -53,7 +53,8 @@ def test_two_node_cluster(onnx_dir, tmp_path):
             "unshare --net --pid is not permitted here (needs root or CAP_SYS_ADMIN): "
             + (probe.stderr.strip() or f"exit {probe.returncode}")
         )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_AUTH_MODE: without it `ray start` turns token auth on when some ~/.ray/auth_token exists
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run(
         [*UNSHARE, sys.executable, str(HERE), str(onnx_dir), str(tmp_path)],
