@@ -7,9 +7,9 @@ with its own CPUs and a ``node_b`` custom resource). All traffic stays on loopba
 process dies with the namespace. Inside:
 
 1. a local-executor run (the reference output);
-2. ``executor: {type: ray, address: <head>}`` with two actors that cannot share a node (1.5 CPUs each,
-   2 per node): the summary names both node ids, each actor loaded its model once, and every output
-   file is byte-identical to the reference;
+2. ``executor: {type: ray, address: <head>}`` with two actors that cannot share a node (2 CPUs each;
+   the head has 3, the second node 2): the summary names both node ids, each actor loaded its model
+   once, and every output file is byte-identical to the reference;
 3. an autoscaling pool (``min_workers: 1, max_workers: 2``) into a fresh output directory; once an
    actor runs on the second node and a result is stored, that node is killed (SIGKILL to its raylet's
    process group): the run still finishes with every image exactly once and the same bytes;
@@ -97,16 +97,54 @@ def _pipeline(work: Path, onnx: str, name: str, executor: str):
     return load_pipeline(p)
 
 
-def _node_b_actor_alive(address: str, node_b: str) -> bool:
-    from ray.util.state import list_actors
+def _actor_below(root: int) -> bool:
+    """Is a SegmentActor worker process a descendant of ``root`` (the second node's ``ray start``)?"""
+    parent: dict[int, int] = {}
+    actors = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            if b"SegmentActor" in (d / "cmdline").read_bytes():
+                actors.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    for pid in actors:
+        seen = 0
+        while pid > 1 and seen < 64:
+            if pid == root:
+                return True
+            pid, seen = parent.get(pid, 0), seen + 1
+    return False
 
-    try:
-        actors = list_actors(
-            address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
-        )
-    except Exception:
-        return False
-    return any(a.node_id == node_b and "SegmentActor" in (a.class_name or "") for a in actors)
+
+def _ray_left() -> list[str]:
+    """Ray daemons still running after ``ray stop`` (waits up to 30 s). This script is PID 1 of the
+    namespace, so orphans become its children: they are reaped here and zombies do not count."""
+    left: list[str] = []
+    for _ in range(60):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+        left = []
+        for d in Path("/proc").iterdir():
+            try:
+                if not d.name.isdigit() or int(d.name) == os.getpid():
+                    continue
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmd = (d / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if state != "Z" and (b"raylet" in cmd or b"gcs_server" in cmd):
+                left.append(f"{d.name}: {cmd[:120].decode(errors='replace')}")
+        if not left:
+            break
+        time.sleep(0.5)
+    return left
 
 
 def _inside(onnx: str, work: Path) -> None:
@@ -130,7 +168,7 @@ def _inside(onnx: str, work: Path) -> None:
         reference = _tree(work / "local")
 
         _sh(
-            "ray", "start", "--head", "--port", str(port), "--num-cpus", "2", "--resources", '{"node_a": 1}',
+            "ray", "start", "--head", "--port", str(port), "--num-cpus", "3", "--resources", '{"node_a": 1}',
             "--include-dashboard", "false", "--temp-dir", str(temp), *common,
         )  # fmt: skip
         node_b_proc = subprocess.Popen(
@@ -153,7 +191,7 @@ def _inside(onnx: str, work: Path) -> None:
 
         # 2. two actors that cannot share a node
         t = time.perf_counter()
-        ex = f"{{type: ray, address: '{address}', num_workers: 2, cpus_per_worker: 1.5}}"
+        ex = f"{{type: ray, address: '{address}', num_workers: 2, cpus_per_worker: 2}}"
         s = run_pipeline(_pipeline(work, onnx, "ray", ex), progress=False)
         report["ray_s"] = round(time.perf_counter() - t, 1)
         report["ray_summary_nodes"] = s["nodes"]
@@ -171,7 +209,7 @@ def _inside(onnx: str, work: Path) -> None:
             results = work / "ray-kill" / ".edgesam" / "results"
             end = time.monotonic() + 300
             while time.monotonic() < end:
-                if not saw_actor.is_set() and _node_b_actor_alive(address, node_b):
+                if not saw_actor.is_set() and _actor_below(node_b_proc.pid):
                     saw_actor.set()
                 if saw_actor.is_set() and results.is_dir() and any(results.rglob("*.json")):
                     os.killpg(node_b_proc.pid, signal.SIGKILL)
@@ -182,7 +220,7 @@ def _inside(onnx: str, work: Path) -> None:
         th = threading.Thread(target=killer, daemon=True)
         th.start()
         t = time.perf_counter()
-        ex = f"{{type: ray, address: '{address}', min_workers: 1, max_workers: 2, cpus_per_worker: 0.75}}"
+        ex = f"{{type: ray, address: '{address}', min_workers: 1, max_workers: 2, cpus_per_worker: 1}}"
         s2 = run_pipeline(_pipeline(work, onnx, "ray-kill", ex), progress=False)
         report["ray_kill_s"] = round(time.perf_counter() - t, 1)
         th.join(timeout=10)
@@ -202,8 +240,7 @@ def _inside(onnx: str, work: Path) -> None:
                 os.killpg(node_b_proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        left = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
-        report["left_running"] = left.split()
+        report["left_running"] = _ray_left()
         (work / "report.json").write_text(json.dumps(report))
         shutil.rmtree(temp, ignore_errors=True)
     assert not report["left_running"], report["left_running"]
