@@ -1,6 +1,14 @@
-"""Pipeline throughput: images/s for grid (everything mode) vs box prompts, local vs Ray, peak RSS.
+"""Pipeline throughput: images/s for grid (everything mode) vs box prompts, local vs Ray (images/s vs
+the number of Ray workers), local disk vs ``s3://``, peak RSS.
 
     python benchmarks/pipeline.py [--onnx-dir DIR] [--images ../shared/images] [--out result.json]
+        [--executors local:1,ray:1,ray:2] [--storage local,s3]
+
+``--storage s3`` repeats every grid run with the images read from and the store/exports written to an
+S3-compatible server (moto's, started on a loopback port by the benchmark; needs ``moto[server]`` and
+s3fs): ``s3_overhead`` is the ratio of local-disk to s3 images/s per configuration. ``ray_scaling``
+is images/s with N Ray workers over images/s with 1 (linear = N; it is only meaningful when the
+machine has at least N + 1 free cores: on 2 cores only 1-2 workers can be measured).
 
 Each configuration runs ``edgesam run`` in a fresh process (cold store, so every image is processed) and
 reports:
@@ -113,7 +121,13 @@ def write_coco(path: Path, images: list[Path], per_image: int) -> None:
 
 
 def pipeline_yaml(
-    mode: str, executor: str, workers: int, onnx: Path, src: Path, args: argparse.Namespace
+    mode: str,
+    executor: str,
+    workers: int,
+    onnx: Path,
+    src: Path | str,
+    args: argparse.Namespace,
+    out: str = "out",
 ) -> str:
     if executor == "ray":
         ex = f"{{type: ray, num_workers: {workers}, num_cpus: {args.ray_cpus}}}"
@@ -126,7 +140,7 @@ def pipeline_yaml(
         source = f"  - kind: source.coco\n    annotations: {src}\n    images_dir: {args.images}\n"
         prompt = "  - kind: prompt.source_boxes\n"
     return (
-        f"model:\n  onnx_dir: {onnx}\nexecutor: {ex}\noutput_dir: out\nmax_errors: 0\nsteps:\n"
+        f"model:\n  onnx_dir: {onnx}\nexecutor: {ex}\noutput_dir: {out}\nmax_errors: 0\nsteps:\n"
         + source
         + prompt
         + f"  - kind: segment\n    points_per_batch: {args.points_per_batch}\n"
@@ -134,10 +148,53 @@ def pipeline_yaml(
     )
 
 
-def run_one(mode: str, executor: str, workers: int, onnx: Path, args: argparse.Namespace, tmp: Path) -> dict:
-    work = tmp / f"{mode}-{executor}-{workers}"
+class S3Server:
+    """A moto S3 server on 127.0.0.1 with bucket ``bench``; ``env`` points the standard AWS chain at it."""
+
+    def __init__(self) -> None:
+        import socket
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+        os.environ.update(self.env)
+        self.client = boto3.client("s3")
+        self.client.create_bucket(Bucket="bench")
+
+    def upload(self, images: list[Path], prefix: str) -> str:
+        for p in images:
+            self.client.upload_file(str(p), "bench", f"{prefix}/{p.name}")
+        return f"s3://bench/{prefix}"
+
+
+def run_one(
+    mode: str,
+    executor: str,
+    workers: int,
+    onnx: Path,
+    args: argparse.Namespace,
+    tmp: Path,
+    s3: S3Server | None = None,
+) -> dict:
+    work = tmp / f"{mode}-{executor}-{workers}{'-s3' if s3 else ''}"
     work.mkdir()
-    if mode == "grid":
+    out_dir = "out"
+    if s3 is not None:
+        imgs = list_images(args.images, args.grid_images)
+        src: Path | str = s3.upload(imgs, f"{work.name}/images")
+        out_dir = f"s3://bench/{work.name}/out"
+    elif mode == "grid":
         imgs = list_images(args.images, args.grid_images)
         src = work / "images"
         src.mkdir()
@@ -148,7 +205,7 @@ def run_one(mode: str, executor: str, workers: int, onnx: Path, args: argparse.N
         src = work / "coco.json"
         write_coco(src, imgs, args.boxes_per_image)
     cfg = work / "pipeline.yaml"
-    cfg.write_text(pipeline_yaml(mode, executor, workers, onnx, src, args))
+    cfg.write_text(pipeline_yaml(mode, executor, workers, onnx, src, args, out_dir))
     cmd = [sys.executable, "-m", "edgesam_backend.cli", "run", str(cfg), "--quiet"]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -164,6 +221,7 @@ def run_one(mode: str, executor: str, workers: int, onnx: Path, args: argparse.N
     summary = json.loads(out.decode().strip().splitlines()[-1])
     return {
         "mode": mode,
+        "storage": "s3" if s3 is not None else "local",
         "executor": executor,
         "workers": workers,
         "images": summary["images"],
@@ -179,6 +237,37 @@ def run_one(mode: str, executor: str, workers: int, onnx: Path, args: argparse.N
     }
 
 
+def _ray_scaling(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per mode (local storage): Ray images/s with N workers divided by images/s with 1."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in {r["mode"] for r in runs}:
+        ray = {r["workers"]: r["images_per_s"] for r in runs if r["mode"] == mode and r["executor"] == "ray"
+               and r["storage"] == "local"}  # fmt: skip
+        if 1 in ray and ray[1] > 0:
+            out[mode] = {str(n): round(v / ray[1], 3) for n, v in sorted(ray.items())}
+    return out
+
+
+def _s3_overhead(runs: list[dict]) -> list[dict]:
+    """Local-disk images/s over s3 images/s for each configuration measured both ways."""
+    local = {(r["mode"], r["executor"], r["workers"]): r for r in runs if r["storage"] == "local"}
+    out = []
+    for r in runs:
+        ref = local.get((r["mode"], r["executor"], r["workers"]))
+        if r["storage"] == "s3" and ref and r["images_per_s"] > 0:
+            out.append(
+                {
+                    "mode": r["mode"],
+                    "executor": f"{r['executor']}:{r['workers']}",
+                    "local_images_per_s": ref["images_per_s"],
+                    "s3_images_per_s": r["images_per_s"],
+                    "slowdown": round(ref["images_per_s"] / r["images_per_s"], 3),
+                    "wall_s": [ref["wall_s"], r["wall_s"]],
+                }
+            )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -191,7 +280,8 @@ def main() -> None:
     ap.add_argument("--boxes-per-image", type=int, default=10)
     ap.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call")
     ap.add_argument("--modes", default="grid,boxes")
-    ap.add_argument("--executors", default="local:1,ray:2", help="executor:workers, comma separated")
+    ap.add_argument("--executors", default="local:1,ray:1,ray:2", help="executor:workers, comma separated")
+    ap.add_argument("--storage", default="local", help="local and/or s3 (grid mode), comma separated")
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()
@@ -206,12 +296,21 @@ def main() -> None:
             onnx = tmp / "onnx"
             export_onnx(SHARED / "reference" / "edgesam" / "weights_perturbed.pth", onnx)
         runs = []
+        storages = args.storage.split(",")
+        s3 = S3Server() if "s3" in storages else None
         for mode in args.modes.split(","):
             for spec in args.executors.split(","):
                 ex, _, n = spec.partition(":")
-                r = run_one(mode, ex, int(n or 1), onnx.resolve(), args, tmp)
-                print(json.dumps(r), file=sys.stderr)
-                runs.append(r)
+                for where in storages:
+                    if where == "s3" and mode != "grid":
+                        continue
+                    r = run_one(
+                        mode, ex, int(n or 1), onnx.resolve(), args, tmp, s3 if where == "s3" else None
+                    )
+                    print(json.dumps(r), file=sys.stderr)
+                    runs.append(r)
+        if s3 is not None:
+            s3.server.stop()
     import onnxruntime
 
     result = {
@@ -224,6 +323,8 @@ def main() -> None:
         "weights": "reference (random) weights" if args.onnx_dir is None else str(args.onnx_dir),
         "images_dir": str(args.images),
         "runs": runs,
+        "ray_scaling": _ray_scaling(runs),
+        "s3_overhead": _s3_overhead(runs),
     }
     text = json.dumps(result, indent=2)
     print(text)

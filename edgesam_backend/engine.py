@@ -32,6 +32,26 @@ def onnx_predictor(
     )
 
 
+def torch_device(device: str | None) -> str:
+    """The torch device of a ``device`` option: ``cpu``, ``cuda[:N]`` (must exist), ``auto`` / None
+    (``cuda`` when torch sees a GPU, else ``cpu``). onnxruntime-only names (tensorrt, openvino, coreml)
+    are refused with the alternative."""
+    import torch
+
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EngineError(
+                f"device {device!r}: this torch sees no CUDA GPU (a CPU-only build or no driver)"
+            )
+        return name
+    raise EngineError(f"device {device!r} is an onnxruntime provider; torch takes cpu, cuda[:N] or auto")
+
+
 def load_predictor(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
@@ -48,15 +68,14 @@ def load_predictor(
 
     ``int8=True`` (onnx only; off by default) uses the static-int8 encoder ``encoder.int8.onnx`` from
     the same directory (written by ``edgesam export --int8``); it is never created implicitly.
-    ``device`` (onnx only): ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto``.
+    ``device``: onnx: ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto``;
+    torch: ``cpu``, ``cuda[:N]``, ``auto`` (:func:`torch_device`).
     """
     if backend not in BACKENDS:
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if int8 and backend != "onnx":
         raise EngineError("the int8 encoder is an ONNX model: use backend='onnx'")
     if backend == "torch":
-        if device != "cpu":
-            raise EngineError("device applies to the onnx backend (the torch backend runs on the CPU)")
         if checkpoint is None:
             raise EngineError("the torch backend needs --checkpoint")
         try:
@@ -67,5 +86,5 @@ def load_predictor(
             raise torch_missing("the torch backend") from exc
         if threads:
             torch.set_num_threads(int(threads))
-        return TorchPredictor(weights.checkpoint_path(checkpoint))
+        return TorchPredictor(weights.checkpoint_path(checkpoint), device=torch_device(device))
     return onnx_predictor(resolve_model(checkpoint, onnx_dir=onnx_dir, int8=int8, device=device), threads)

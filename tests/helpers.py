@@ -157,3 +157,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# --- pipelines ---------------------------------------------------------------------------------------
+
+
+def grid_pipeline_yaml(
+    onnx: Any, images: Any, output_dir: Any, executor: str = "{type: local}", steps: str = ""
+) -> str:
+    """A small everything-mode pipeline (2x2 grid, ``source.folder``) as YAML text; ``steps`` (YAML
+    list items, 2-space indented) follow the segment step."""
+    head = (
+        f"model:\n  onnx_dir: {onnx}\nexecutor: {executor}\noutput_dir: {output_dir}\nsteps:\n"
+        f"  - kind: source.folder\n    path: {images}\n"
+        "  - kind: prompt.grid\n    points_per_side: 2\n  - kind: segment\n"
+    )
+    return head + steps

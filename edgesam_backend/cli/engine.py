@@ -71,6 +71,12 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
         help=f"also write {INT8_ENCODER_FILE} (static per-channel QDQ) and report its agreement with fp32",
     )
     e.add_argument(
+        "--fp16",
+        action="store_true",
+        help="also write encoder.fp16.onnx + decoder.fp16.onnx (float16, float32 IO; for GPUs) and report "
+        "their agreement with fp32 (on --calibration-images if given, else on a synthetic image)",
+    )
+    e.add_argument(
         "--calibration-images",
         type=Path,
         metavar="DIR",
@@ -170,8 +176,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError("export needs PyTorch: pip install 'edgesam-backend[torch]'") from None
     if args.int8 and args.calibration_images is None:
         raise CliError("--int8 needs --calibration-images DIR (images to calibrate the int8 encoder on)")
-    if args.calibration_images is not None and not args.int8:
-        raise CliError("--calibration-images is only used with --int8")
+    if args.calibration_images is not None and not (args.int8 or args.fp16):
+        raise CliError("--calibration-images is only used with --int8 / --fp16")
     try:
         ckpt = weights.checkpoint_path(args.checkpoint)
         res = export_onnx(
@@ -192,6 +198,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     }
     if args.int8:
         summary["int8"] = _export_int8(res.encoder_path, res.decoder_path, args.calibration_images)
+    if args.fp16:
+        summary["fp16"] = _export_fp16(res.encoder_path, res.decoder_path, args.calibration_images)
     print(json.dumps(summary))
     return 0
 
@@ -218,6 +226,43 @@ def _export_int8(encoder: Path, decoder: Path, image_dir: Path) -> dict[str, Any
         # int8 stays opt-in (load_predictor(int8=True)); recommended only at mean best-mask IoU >= 0.95
         "recommended": bool(agree["passes"]),
     }
+
+
+def _export_fp16(encoder: Path, decoder: Path, image_dir: Path | None) -> dict[str, Any]:
+    """The float16 pair next to the fp32 files plus its agreement with fp32 (recorded in both files)."""
+    from ..export.agreement import agreement, record_agreement
+    from ..export.calibration import list_images
+    from ..export.fp16 import Fp16Error, export_fp16
+    from ..runtime.predictor import OnnxPredictor
+
+    try:
+        enc16, dec16 = export_fp16(encoder, decoder)
+        images: list[Any] = list(list_images(image_dir)) if image_dir is not None else [_synthetic_image()]
+        agree = agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(enc16, dec16), images)
+        for p in (enc16, dec16):
+            record_agreement(p, agree, variant="fp16")
+    except (ValueError, Fp16Error) as exc:
+        raise CliError(f"fp16 export: {exc}") from None
+    return {
+        "encoder": str(enc16),
+        "decoder": str(dec16),
+        "agreement_images": str(image_dir) if image_dir is not None else "one synthetic image",
+        "agreement": agree,
+        "recommended": bool(agree["passes"]),
+    }
+
+
+def _synthetic_image() -> Any:
+    """A fixed 512x768 RGB test card (discs and gradients) for agreement checks without images."""
+    yy, xx = np.mgrid[0:512, 0:768]
+    img = np.stack([xx * 255 // 767, yy * 255 // 511, (xx + yy) % 256], axis=-1).astype(np.uint8)
+    for cy, cx, r, c in (
+        (150, 200, 80, (250, 30, 30)),
+        (330, 520, 120, (20, 220, 40)),
+        (380, 160, 60, (0, 0, 0)),
+    ):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = c
+    return img
 
 
 # --- weights ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..pipeline import storage
 from .common import CliError, add_device_argument
 
 DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
@@ -23,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run a YAML pipeline (bulk segmentation; resumes where it stopped)")
     r.add_argument("pipeline", type=Path, help="pipeline YAML")
     r.add_argument("--set", dest="overrides", **sets)
-    r.add_argument("--output-dir", type=Path, help="override output_dir (relative to the current directory)")
+    r.add_argument(
+        "--output-dir", help="override output_dir (relative to the current directory, or a URL: s3://...)"
+    )
     r.add_argument("--executor", choices=("local", "ray"), help="override the executor type")
     r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_device_argument(r)
@@ -49,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _overrides(args: argparse.Namespace) -> list[str]:
     out = list(args.overrides)
     if getattr(args, "output_dir", None) is not None:
-        out.append(f"output_dir={json.dumps(str(args.output_dir.resolve()))}")
+        od = str(args.output_dir)
+        out.append(f"output_dir={json.dumps(od if storage.is_url(od) else str(Path(od).resolve()))}")
     if getattr(args, "device", None) is not None:
         out.append(f"model.device={json.dumps(args.device)}")
     return out

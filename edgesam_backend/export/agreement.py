@@ -1,4 +1,4 @@
-"""Agreement of an int8 (or any other) encoder with fp32: best-mask IoU on a fixed prompt set, and its
+"""Agreement of an int8 or fp16 (or any other) model with fp32: best-mask IoU on a fixed prompt set, and its
 record in the model's metadata."""
 
 from __future__ import annotations
@@ -107,14 +107,15 @@ def agreement(
     }
 
 
-def record_agreement(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
-    """Store an :func:`agreement` summary in the int8 model's metadata (``edgesam.int8.*``), atomically."""
+def record_agreement(path: str | os.PathLike[str], result: dict[str, Any], variant: str = "int8") -> None:
+    """Store an :func:`agreement` summary in the model's metadata (``edgesam.<variant>.*``: ``int8``
+    for the quantized encoder, ``fp16`` for the float16 files), atomically."""
     p = Path(path)
     values = {
-        "edgesam.int8.mean_iou": f"{result['mean_iou']:.6f}",
-        "edgesam.int8.min_iou": f"{result['min_iou']:.6f}",
-        "edgesam.int8.embedding_rel_error": f"{result['embedding_rel_error']['mean']:.6f}",
-        "edgesam.int8.agreement_images": str(result["num_images"]),
-        "edgesam.int8.passes": str(bool(result["passes"])).lower(),
+        f"edgesam.{variant}.mean_iou": f"{result['mean_iou']:.6f}",
+        f"edgesam.{variant}.min_iou": f"{result['min_iou']:.6f}",
+        f"edgesam.{variant}.embedding_rel_error": f"{result['embedding_rel_error']['mean']:.6f}",
+        f"edgesam.{variant}.agreement_images": str(result["num_images"]),
+        f"edgesam.{variant}.passes": str(bool(result["passes"])).lower(),
     }
     update_metadata(p, values)

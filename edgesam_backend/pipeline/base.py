@@ -244,8 +244,9 @@ class ExportRun:
 
     def load_image(self, item: ImageItem) -> NDArray[np.uint8]:
         from ..runtime.image import load_image
+        from .storage import is_url, read_bytes
 
-        return load_image(item.path)
+        return load_image(read_bytes(item.path) if is_url(item.path) else item.path)
 
 
 class ExportStep(Step):

@@ -11,7 +11,7 @@ import os
 
 from .base import ROLES, PipelineError
 from .config import PipelineBase
-from .cpus import cpu_budget
+from .cpus import cpu_budget, pool_size
 from .diagnostics import YamlErrors
 from .registry import StepSpec
 
@@ -65,7 +65,7 @@ def check_structure(pipe: PipelineBase, reg: dict[str, StepSpec], errs: YamlErro
     ex = pipe.executor
     if ex.type == "ray" and not ex.address:  # a local Ray: its CPUs are known now
         try:
-            cpu_budget(ex.num_workers, ex.cpus_per_worker, float(ex.num_cpus or os.cpu_count() or 1))
+            cpu_budget(pool_size(ex)[1], ex.cpus_per_worker, float(ex.num_cpus or os.cpu_count() or 1))
         except PipelineError as exc:
             field = "cpus_per_worker" if ex.cpus_per_worker is not None else "num_workers"
             errs.add(("executor", field), str(exc).removeprefix("executor (ray): "))

@@ -106,13 +106,29 @@ class RayExecutor(StrictModel):
     a local Ray with ``num_cpus`` CPUs (default: all). ``cpus_per_worker``: CPUs each actor reserves
     (fractions are fine; onnxruntime gets ``max(1, floor(cpus_per_worker))`` threads unless
     ``model.threads`` says otherwise); default ``(cluster CPUs - 1) / num_workers``. The actors may never
-    reserve every CPU: Ray Data's read tasks would wait forever (the run refuses to start)."""
+    reserve every CPU: Ray Data's read tasks would wait forever (the run refuses to start).
+    ``gpus_per_worker``: GPUs each actor reserves (``0.25`` packs four actors on one GPU; pair it with
+    ``model.device: cuda``). ``min_workers`` / ``max_workers``: an autoscaling actor pool (Ray Data
+    adds actors up to ``max_workers`` while work is queued; the cluster autoscaler adds nodes for them);
+    unset: a fixed pool of ``num_workers``."""
 
     type: Literal["ray"]
     address: str | None = Field(None, description="Ray cluster address; unset: start a local Ray")
     num_workers: PositiveInt = Field(2, description="actors, each holding one model")
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs reserved per actor (fractional ok)")
     num_cpus: PositiveInt | None = Field(None, description="CPUs of a local Ray started by the run")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per actor (fractional ok)")
+    min_workers: PositiveInt | None = Field(None, description="autoscaling pool: fewest actors")
+    max_workers: PositiveInt | None = Field(None, description="autoscaling pool: most actors")
+
+    @model_validator(mode="after")
+    def _pool(self) -> RayExecutor:
+        if (self.min_workers is None) != (self.max_workers is None):
+            raise ValueError("give both min_workers and max_workers (an autoscaling pool) or neither")
+        if self.min_workers is not None and self.max_workers is not None:
+            if self.min_workers > self.max_workers:
+                raise ValueError(f"min_workers {self.min_workers} > max_workers {self.max_workers}")
+        return self
 
 
 ExecutorConfig = Annotated[Union[LocalExecutor, RayExecutor], Field(discriminator="type")]  # noqa: UP007

@@ -8,6 +8,7 @@ run waits forever (ray-project/ray#44687). :func:`cpu_budget` refuses such confi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from .base import PipelineError
 
@@ -41,4 +42,12 @@ def cpu_budget(num_workers: int, cpus_per_worker: float | None, cluster_cpus: fl
     return cpus_per_worker
 
 
-__all__ = ["READ_TASK_CPUS", "RESERVED_CPUS", "cpu_budget"]
+def pool_size(cfg: Any) -> tuple[int, int]:
+    """``(min, max)`` actors of the executor config (equal for a fixed pool of ``num_workers``)."""
+    lo, hi = getattr(cfg, "min_workers", None), getattr(cfg, "max_workers", None)
+    if lo is not None and hi is not None:
+        return int(lo), int(hi)
+    return int(cfg.num_workers), int(cfg.num_workers)
+
+
+__all__ = ["READ_TASK_CPUS", "RESERVED_CPUS", "cpu_budget", "pool_size"]

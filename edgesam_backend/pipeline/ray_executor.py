@@ -4,14 +4,21 @@
 
     from_items(items)                       driver: item JSON + prompt fingerprint per row
       .map(read_row, num_cpus=0.25)         read tasks: file bytes, sha256, result key; stored → skipped
-      .map(SegmentActor, concurrency=N,     actor pool: each actor holds one model (ONNX sessions);
-           num_cpus=cpus_per_worker)        decode, encode, segment, refine, write the result file
-      .iter_rows()                          driver: progress, failures, max_errors
+      .map(SegmentActor,                    actor pool (fixed N, or autoscaling (min, max)): each actor
+           concurrency=N | (min, max),      loads one model once (ONNX sessions) and then decodes,
+           num_cpus=cpus_per_worker,        encodes, segments, refines and writes the result file of
+           num_gpus=gpus_per_worker)        every row it gets
+      .iter_rows()                          driver: progress, failures, max_errors, node ids
 
-Actors write the per-image result files themselves (in parallel) into the same store as the local
-executor, so resume works across executors and the exports (built by the driver from the store, in
-source order) are identical. The output directory must be visible to every node (a shared or network
-file system) when the cluster has more than one machine, and the package must be installed there.
+Actors write the per-image results themselves (in parallel) into the same store as the local executor,
+so resume works across executors and the exports (built by the driver from the store, in source order)
+are identical. On a cluster of several machines the output must be visible to every node: an object
+store URL (``s3://...``: workers read images and write results directly, see :mod:`.storage`) or a
+shared file system; the package (and the model files, at the same path) must be there too.
+
+Fault tolerance is Ray Data's: actors are restarted (``max_restarts=-1``) and their rows retried when a
+node dies, and a retried row rewrites the same result key with the same bytes, so no image is lost or
+duplicated. Every output row names the node and actor that processed it (``summary["nodes"]``).
 
 CPU starvation (actors reserving every CPU starve the read tasks): see :mod:`.cpus`.
 """
@@ -22,18 +29,18 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .base import PipelineError
-from .cpus import READ_TASK_CPUS, cpu_budget
+from .cpus import READ_TASK_CPUS, cpu_budget, pool_size
 from .records import ImageItem
 from .store import ResultStore
-from .worker import ImageProcessor, Outcome, read_item, short_error
+from .worker import ImageProcessor, Outcome, models_built, read_item, short_error
 
 
 def read_row(row: dict[str, Any], config_hash: str, store_dir: str) -> dict[str, Any]:
-    """Ray read task: bytes + hash + key, or a skip / failure row."""
+    """Read one image (a path or URL, read on the worker) and check the store (``store_dir``: a
+    directory or URL)."""
     from .records import result_key
 
     item = ImageItem.from_dict(json.loads(row["item"]))
@@ -61,11 +68,17 @@ def read_row(row: dict[str, Any], config_hash: str, store_dir: str) -> dict[str,
 
 
 class SegmentActor:
-    """One model per actor; processes ``todo`` rows and writes their results."""
+    """One model per actor (loaded once, in ``__init__``); processes ``todo`` rows and writes their
+    results. Rows it returns carry its node id, actor id and the process's model-load count."""
 
     def __init__(self, plan: dict[str, Any], threads: int) -> None:
+        import ray
+
         self.proc = ImageProcessor(plan, threads=threads)
         self.store = ResultStore(plan["output_dir"])
+        ctx = ray.get_runtime_context()
+        self.node_id = ctx.get_node_id()
+        self.actor_id = ctx.get_actor_id() or ""
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         import time
@@ -78,6 +91,9 @@ class SegmentActor:
             "error": row["error"],
             "stage": "read" if row["status"] == "failed" else "",
             "seconds": 0.0,
+            "node": self.node_id,
+            "worker": self.actor_id,
+            "model_loads": models_built(),
         }
         if row["status"] != "todo":
             return out
@@ -134,9 +150,10 @@ def run_ray(
             "(or use executor: {type: local})"
         ) from None
 
+    lo, hi = pool_size(cfg)
     started = False
     if not ray.is_initialized() and not cfg.address:  # a local Ray: check before paying for its start
-        cpu_budget(cfg.num_workers, cfg.cpus_per_worker, float(cfg.num_cpus or os.cpu_count() or 1))
+        cpu_budget(hi, cfg.cpus_per_worker, float(cfg.num_cpus or os.cpu_count() or 1))
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
@@ -156,7 +173,14 @@ def run_ray(
         started = True
     try:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-        cpw = cpu_budget(cfg.num_workers, cfg.cpus_per_worker, cluster_cpus)
+        cpw = cpu_budget(hi, cfg.cpus_per_worker, cluster_cpus)
+        gpw = float(getattr(cfg, "gpus_per_worker", 0.0) or 0.0)
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if gpw > 0 and cluster_gpus < gpw:
+            raise PipelineError(
+                f"executor (ray): gpus_per_worker {gpw:g} but the Ray cluster has {cluster_gpus:g} GPUs "
+                "(start the nodes with GPUs, or set gpus_per_worker: 0)"
+            )
         threads = model_threads or max(1, int(cpw))
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress line replaces its chatter
         ctx = ray.data.DataContext.get_current()
@@ -166,18 +190,19 @@ def run_ray(
             {"index": it.index, "item": json.dumps(it.to_dict()), "fp": fp}
             for it, fp in zip(items, fingerprints, strict=True)
         ]
-        blocks = max(1, min(len(rows), cfg.num_workers * 4))
+        blocks = max(1, min(len(rows), hi * 4))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map(
             read_row,
-            fn_kwargs={"config_hash": plan["config_hash"], "store_dir": str(Path(plan["output_dir"]))},
+            fn_kwargs={"config_hash": plan["config_hash"], "store_dir": str(plan["output_dir"])},
             num_cpus=READ_TASK_CPUS,
         )
         ds = ds.map(
             SegmentActor,
             fn_constructor_kwargs={"plan": plan, "threads": threads},
-            concurrency=cfg.num_workers,
+            concurrency=hi if lo == hi else (lo, hi),
             num_cpus=cpw,
+            **({"num_gpus": gpw} if gpw > 0 else {}),
         )
         it = ds.iter_rows()
         try:
@@ -190,6 +215,9 @@ def run_ray(
                     error=str(row["error"]),
                     stage=str(row["stage"]),
                     seconds=float(row["seconds"]),
+                    node=str(row.get("node", "")),
+                    worker=str(row.get("worker", "")),
+                    model_loads=int(row.get("model_loads", 0)),
                 )
                 if not on_outcome(out):
                     break

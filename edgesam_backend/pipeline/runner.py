@@ -7,13 +7,17 @@ byte-for-byte the same files as one uninterrupted run (and the same as the Ray e
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..runtime.resolve import EngineError, ResolvedModel, resolve_model
+from . import storage
 from .base import (
     ExportRun,
     ExportStep,
@@ -59,7 +63,7 @@ class OutputDirError(PipelineError):
     exit_code = EXIT_OUTPUT_DIR
 
 
-def open_store(output_dir: Path, run_info: dict[str, Any]) -> ResultStore:
+def open_store(output_dir: str | Path, run_info: dict[str, Any]) -> ResultStore:
     """The acquired result store of ``output_dir`` with the run info written; an unwritable directory
     (read-only, a parent that is a file, /proc) is an :class:`OutputDirError`."""
     store = ResultStore(output_dir)
@@ -105,12 +109,20 @@ class Prepared:
     exports: list[ExportStep]
     output_dir: Path
     base_dir: Path
+    #: ``output_dir`` when it is a URL: the store lives there; exports are built in the local
+    #: ``output_dir`` (a temp dir) and uploaded after they validated.
+    output_url: str | None = None
+
+    @property
+    def store_location(self) -> str:
+        return self.output_url or str(self.output_dir)
 
 
 def instantiate(pipe: PipelineBase) -> Prepared:
     reg = load_registry()
     base_dir = Path(pipe.source_path).resolve().parent if pipe.source_path else Path.cwd()
-    out_dir = Path(pipe.output_dir)
+    url = pipe.output_dir if storage.is_url(pipe.output_dir) else None
+    out_dir = Path(tempfile.mkdtemp(prefix="edgesam-exports-")) if url else Path(pipe.output_dir)
     source = prompt = None
     refines: list[RefineStep] = []
     exports: list[ExportStep] = []
@@ -128,7 +140,7 @@ def instantiate(pipe: PipelineBase) -> Prepared:
             exports.append(step)  # type: ignore[arg-type]
     if source is None or prompt is None:
         raise PipelineError("a pipeline needs a source and a prompt step")
-    return Prepared(pipe, source, prompt, refines, exports, out_dir, base_dir)  # type: ignore[arg-type]
+    return Prepared(pipe, source, prompt, refines, exports, out_dir, base_dir, url)  # type: ignore[arg-type]
 
 
 def config_hash(pipe: PipelineBase, model: ResolvedModel) -> str:
@@ -158,7 +170,7 @@ def make_plan(prep: Prepared, model: ResolvedModel, chash: str) -> dict[str, Any
         "device": model.execution.device,
         "config_hash": chash,
         "base_dir": str(prep.base_dir),
-        "output_dir": str(prep.output_dir),
+        "output_dir": prep.store_location,
         "where": {str(i): pipe.step_where(i) for i in range(len(pipe.steps))},  # type: ignore[attr-defined]
     }
 
@@ -201,7 +213,7 @@ def run_pipeline(
     plan = make_plan(prep, model, chash)
 
     store = open_store(
-        prep.output_dir,
+        prep.store_location,
         {
             "pipeline": pipe.source_path,
             "config_hash": chash,
@@ -216,10 +228,15 @@ def run_pipeline(
         failures: list[dict[str, Any]] = []
         max_errors = pipe.max_errors
         stopped = False
+        workers: dict[str, dict[str, Any]] = {}
 
         def on_outcome(out: Outcome) -> bool:
             nonlocal stopped
             bar.update(out)
+            if out.worker and out.status == "done":
+                w = workers.setdefault(out.worker, {"node": out.node, "images": 0, "model_loads": 0})
+                w["images"] += 1
+                w["model_loads"] = max(w["model_loads"], out.model_loads)
             item = items[out.index]
             if out.status in ("done", "skipped"):
                 assert out.key is not None
@@ -260,7 +277,7 @@ def run_pipeline(
             "status": "ok",
             "pipeline": pipe.source_path,
             "name": pipe.name,
-            "output_dir": str(prep.output_dir),
+            "output_dir": storage.display(prep.store_location),
             "executor": exec_cfg.type,
             "device": model.execution.chosen,
             "providers": model.execution.names,
@@ -274,6 +291,12 @@ def run_pipeline(
             "seconds": 0.0,
             "images_per_s": round(bar.done / proc_s, 4) if bar.done and proc_s > 0 else 0.0,
         }
+        if workers:  # Ray: which node and actor processed how many images
+            nodes: dict[str, int] = {}
+            for w in workers.values():
+                nodes[w["node"]] = nodes.get(w["node"], 0) + w["images"]
+            summary["nodes"] = nodes
+            summary["workers"] = workers
         if stopped:
             summary["status"] = "stopped"
             summary["seconds"] = round(time.perf_counter() - t_start, 3)
@@ -281,7 +304,7 @@ def run_pipeline(
             raise PipelineStopped(
                 f"stopped after {len(failures)} failed images (max_errors: {max_errors}): {listed}"
                 f"{'; ...' if len(failures) > 5 else ''}. Nothing was exported. "
-                f"Failures are listed in {store.failures_dir}; fix or remove those images "
+                f"Failures are listed in {storage.display(store.failures_dir)}; fix or remove those images "
                 "(or raise max_errors) "
                 "and run again: finished images are kept and skipped.",
                 summary,
@@ -296,10 +319,29 @@ def run_pipeline(
                 summary,
             )
         summary["masks"], summary["exports"] = _export(prep, items, keys, store, categories, chash)
+        if prep.output_url:
+            summary["exports"] = _upload_exports(prep, summary["exports"])
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
         return summary
+    except storage.StorageError as exc:
+        raise PipelineError(f"output_dir: {exc}") from None
     finally:
         store.release()
+        if prep.output_url:
+            shutil.rmtree(prep.output_dir, ignore_errors=True)
+
+
+def _upload_exports(prep: Prepared, exports: dict[str, Any]) -> dict[str, Any]:
+    """Copy the exports built in the local temp dir to the output URL; their summaries name the URL."""
+    assert prep.output_url is not None
+    try:
+        storage.upload_tree(prep.output_dir, prep.output_url)
+    finally:
+        shutil.rmtree(prep.output_dir, ignore_errors=True)
+    text = json.dumps(exports).replace(
+        json.dumps(str(prep.output_dir))[1:-1], storage.display(prep.output_url)
+    )
+    return json.loads(text)  # type: ignore[no-any-return]
 
 
 def _export(

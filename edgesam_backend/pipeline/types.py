@@ -1,7 +1,8 @@
 """Field types shared by step configs: paths resolved against the YAML file's directory, score ranges.
 
 Path fields resolve relative paths against ``context["base_dir"]`` (the directory of the pipeline YAML)
-and, with ``context["check_paths"]`` (the default when a base dir is given), check that inputs exist, so
+(URLs such as ``s3://bucket/x`` are kept as they are and not checked: see :mod:`.storage`) and, with
+``context["check_paths"]`` (the default when a base dir is given), check that inputs exist, so
 a missing file is reported at its YAML line. Without a validation context (configs re-validated inside
 workers, whose paths are already absolute) they are left as they are.
 """
@@ -14,8 +15,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, ValidationInfo
 
+from .storage import is_url
+
 
 def _resolve(value: str, info: ValidationInfo) -> tuple[Path, bool]:
+    """Local paths only (URLs are returned unchanged by the validators below)."""
     ctx = info.context or {}
     p = Path(value).expanduser()
     base = ctx.get("base_dir")
@@ -27,6 +31,8 @@ def _resolve(value: str, info: ValidationInfo) -> tuple[Path, bool]:
 
 
 def _input_file(value: str, info: ValidationInfo) -> str:
+    if is_url(value):
+        return value
     p, check = _resolve(value, info)
     if check and not p.is_file():
         raise ValueError(f"file not found: {p}" if not p.exists() else f"not a file: {p}")
@@ -34,6 +40,8 @@ def _input_file(value: str, info: ValidationInfo) -> str:
 
 
 def _input_dir(value: str, info: ValidationInfo) -> str:
+    if is_url(value):
+        return value.rstrip("/")
     p, check = _resolve(value, info)
     if check and not p.is_dir():
         raise ValueError(f"directory not found: {p}" if not p.exists() else f"not a directory: {p}")
@@ -41,6 +49,8 @@ def _input_dir(value: str, info: ValidationInfo) -> str:
 
 
 def _any_path(value: str, info: ValidationInfo) -> str:
+    if is_url(value):
+        return value.rstrip("/")
     return str(_resolve(value, info)[0])
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..runtime.base import BasePredictor, ImageEmbedding
+from . import storage
 from .base import ImageJob, MaskSet, PromptStep, RefineStep, SegmentStep, StepContext
 from .config import pipeline_from_dict
 from .maskops import as_json_rle, rle_area, rle_bbox
@@ -28,7 +29,9 @@ from .registry import load_registry
 @dataclass
 class Outcome:
     """What happened to one item: ``done`` (processed and stored), ``skipped`` (already stored) or
-    ``failed`` (``stage`` read / decode / encode / segment / store, ``error`` the message)."""
+    ``failed`` (``stage`` read / decode / encode / segment / store, ``error`` the message). ``node`` and
+    ``worker``: the Ray node id and actor id that processed it (empty for the local executor);
+    ``model_loads``: how many models that worker's process had built by then (1 when loaded once)."""
 
     index: int
     status: str
@@ -38,12 +41,14 @@ class Outcome:
     stage: str = ""
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    node: str = ""
+    worker: str = ""
+    model_loads: int = 0
 
 
 def read_item(item: ImageItem) -> tuple[bytes, str]:
-    """The file's bytes and their sha256."""
-    with open(item.path, "rb") as f:
-        data = f.read()
+    """The file's (or object's: ``item.path`` may be an fsspec URL) bytes and their sha256."""
+    data = storage.read_bytes(item.path)
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -86,6 +91,14 @@ def to_records(masks: MaskSet) -> tuple[list[MaskRecord], int]:
     return out, empty
 
 
+_models_built = 0
+
+
+def models_built() -> int:
+    """How many models (onnxruntime session pairs) :class:`ImageProcessor` built in this process."""
+    return _models_built
+
+
 class ImageProcessor:
     """The model and the worker-side steps (prompt, segment, refine) of one worker."""
 
@@ -121,6 +134,8 @@ class ImageProcessor:
         if predictor is None:
             from ..runtime.predictor import OnnxPredictor
 
+            global _models_built
+            _models_built += 1
             predictor = OnnxPredictor(
                 plan["encoder"],
                 plan["decoder"],
@@ -169,4 +184,4 @@ class ImageProcessor:
         return ImageResult(key=key, image_sha256=image_sha256, width=w, height=h, masks=records, stats=stats)
 
 
-__all__ = ["ImageProcessor", "Outcome", "read_item", "short_error", "to_records"]
+__all__ = ["ImageProcessor", "Outcome", "models_built", "read_item", "short_error", "to_records"]

@@ -167,7 +167,9 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], Any] = print) -> dict[str, An
 
 @torch.no_grad()
 def _evaluate(cfg: EvalConfig, log: Callable[[str], Any]) -> dict[str, Any]:
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..engine import torch_device
+
+    device = torch.device(torch_device(cfg.device))
     s = cfg.image_size
     grid = 4 * (s // 16)
     ds = DistillDataset(cfg.data, s, seed=cfg.seed)

@@ -65,11 +65,12 @@ class DistEnv:
 
 def setup_distributed(device: str | None = None) -> DistEnv:
     """Read torchrun's environment; with more than one process, join the process group (NCCL on
-    CUDA, Gloo on CPU). ``device=None`` picks ``cuda:LOCAL_RANK`` when CUDA exists, else the CPU."""
+    CUDA, Gloo on CPU). ``device=None`` / ``"auto"`` picks ``cuda:LOCAL_RANK`` when CUDA exists, else
+    the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
+    if device is None or device == "auto":
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
         dev = torch.device(device)

@@ -7,6 +7,10 @@
 
 Hidden files and directories (``.name``) and anything below the run's ``output_dir`` are never listed,
 so a preview written next to the images is not picked up by the next run.
+
+``source.folder`` ``path``, ``source.files`` ``list_file`` / ``paths`` / ``root`` and ``source.coco``
+``annotations`` / ``images_dir`` may be fsspec URLs (``s3://bucket/images``): they are listed and read
+through :mod:`..storage` (the driver lists; workers read each image themselves).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ...formats.coco import CocoFormatError, read_coco
+from ...formats.coco import CocoFormatError, parse_coco, read_coco
 from ...formats.imagefiles import IMAGE_EXTENSIONS
 from ...formats.labelstudio.coords import Rectangle, percent_to_pixels
 from ...formats.labelstudio.urls import UnsafePathError, url_to_relpath
+from .. import storage
 from ..base import PipelineError, SourceStep, StepConfig
 from ..records import Annotation, ImageItem
 from ..types import InputDir, InputFile, PositiveInt
@@ -88,19 +93,13 @@ class FolderSource(SourceStep):
 
     def items(self) -> list[ImageItem]:
         cfg: FolderConfig = self.config
-        root = Path(cfg.path)
         exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in cfg.extensions}
-        if cfg.glob:
-            candidates = root.glob(cfg.glob)
-        else:
-            candidates = root.rglob("*") if cfg.recursive else root.glob("*")
-        out_dir = self.ctx.output_dir
+        root = cfg.path.rstrip("/") if storage.is_url(cfg.path) else str(Path(cfg.path))
         found = []
-        for p in candidates:
-            rel = _rel(p, root)
-            if any(part.startswith(".") for part in Path(rel).parts):
+        for rel in self._candidates(cfg, root):
+            if any(part.startswith(".") for part in rel.split("/")):
                 continue
-            if p.suffix.lower() not in exts or not p.is_file() or _under(p, out_dir):
+            if posixpath.splitext(rel)[1].lower() not in exts:
                 continue
             if any(fnmatch.fnmatch(rel, pat) for pat in cfg.exclude):
                 continue
@@ -109,10 +108,31 @@ class FolderSource(SourceStep):
         if cfg.limit is not None:
             found = found[: cfg.limit]
         if not found:
-            raise self.error(f"no images with extensions {sorted(exts)} found in {root}")
+            raise self.error(f"no images with extensions {sorted(exts)} found in {storage.display(root)}")
         return [
-            ImageItem(index=i, id=i + 1, file_name=rel, path=str(root / rel)) for i, rel in enumerate(found)
+            ImageItem(index=i, id=i + 1, file_name=rel, path=storage.join(root, rel))
+            for i, rel in enumerate(found)
         ]
+
+    def _candidates(self, cfg: FolderConfig, root: str) -> list[str]:
+        """Files below ``root`` (``/``-separated, relative), by ``glob`` / ``recursive``; on disk
+        anything below the run's output directory is left out. URLs: ``glob`` is matched segment-wise
+        (``**`` any depth), as ``Path.glob`` does."""
+        if storage.is_url(root):
+            try:
+                rels = storage.find(root)
+            except (OSError, storage.StorageError) as exc:
+                raise self.error(f"cannot list {storage.display(root)}: {exc}") from None
+            if cfg.glob:
+                return [r for r in rels if storage.glob_match(r, cfg.glob)]
+            return rels if cfg.recursive else [r for r in rels if "/" not in r]
+        base = Path(root)
+        if cfg.glob:
+            paths = base.glob(cfg.glob)
+        else:
+            paths = base.rglob("*") if cfg.recursive else base.glob("*")
+        out_dir = self.ctx.output_dir
+        return [_rel(p, base) for p in paths if p.is_file() and not _under(p, out_dir)]
 
 
 # --- source.files ------------------------------------------------------------------------------------
@@ -140,22 +160,36 @@ class FilesSource(SourceStep):
 
     def items(self) -> list[ImageItem]:
         cfg: FilesConfig = self.config
+        base: str | Path
         if cfg.list_file is not None:
-            base = Path(cfg.list_file).parent
+            base = (
+                posixpath.dirname(cfg.list_file)
+                if storage.is_url(cfg.list_file)
+                else Path(cfg.list_file).parent
+            )
+            try:
+                text = storage.read_text(cfg.list_file)
+            except (OSError, storage.StorageError) as exc:
+                raise self.error(f"cannot read {storage.display(cfg.list_file)}: {exc}") from None
             entries = []
-            for line in Path(cfg.list_file).read_text(encoding="utf-8").splitlines():
+            for line in text.splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
                     entries.append(line)
         else:
             base = self.ctx.base_dir
             entries = list(cfg.paths or [])
-        root = Path(cfg.root) if cfg.root is not None else base
+        root = cfg.root if cfg.root is not None else base
         items = []
         for i, e in enumerate(entries):
-            p = Path(e).expanduser()
-            p = p if p.is_absolute() else base / p
-            items.append(ImageItem(index=i, id=i + 1, file_name=_rel(p, root), path=str(p)))
+            if storage.is_url(e) or storage.is_url(base):
+                path = e if storage.is_url(e) else storage.join(base, e)
+                name = storage.relative_url(path, str(root))
+            else:
+                p = Path(e).expanduser()
+                p = p if p.is_absolute() else Path(base) / p
+                path, name = str(p), _rel(p, Path(root))
+            items.append(ImageItem(index=i, id=i + 1, file_name=name, path=path))
         if not items:
             raise self.error(f"the list {cfg.list_file} names no images")
         return items
@@ -204,10 +238,21 @@ class CocoSource(SourceStep):
     def items(self) -> list[ImageItem]:
         cfg: CocoConfig = self.config
         try:
-            data = read_coco(cfg.annotations)
+            if storage.is_url(cfg.annotations):
+                data = parse_coco(
+                    json.loads(storage.read_bytes(cfg.annotations)), storage.display(cfg.annotations)
+                )
+            else:
+                data = read_coco(cfg.annotations)
         except CocoFormatError as exc:
             raise self.error(str(exc)) from None
-        root = Path(cfg.images_dir) if cfg.images_dir else Path(cfg.annotations).parent
+        except (OSError, ValueError, storage.StorageError) as exc:
+            raise self.error(f"cannot read {storage.display(cfg.annotations)}: {exc}") from None
+        images_dir = cfg.images_dir or (
+            posixpath.dirname(cfg.annotations)
+            if storage.is_url(cfg.annotations)
+            else str(Path(cfg.annotations).parent)
+        )
         cats = data.categories
         self._cats = cats
         anns: dict[Any, list[Annotation]] = {}
@@ -234,7 +279,7 @@ class CocoSource(SourceStep):
                 index=i,
                 id=im.id,
                 file_name=im.file_name,
-                path=str(root / im.file_name),
+                path=storage.join(images_dir, im.file_name),
                 width=im.width,
                 height=im.height,
                 annotations=anns.get(im.id, []),
