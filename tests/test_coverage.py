@@ -202,3 +202,25 @@ def test_decode_is_chunked_inside_the_call():
     assert np.array_equal(got.low_res_logits, ref.low_res_logits)
     assert np.array_equal(got.stability_scores, ref.stability_scores)
     assert np.array_equal(got.iou_predictions, ref.iou_predictions)
+
+
+def test_label_studio_batch_uses_coverage_by_default():
+    from edgesam_backend.labelstudio import batch as ls_batch
+    from edgesam_backend.labelstudio.projects import ProjectState, parse_extra
+    from edgesam_backend.labelstudio.settings import Settings
+
+    obj, hole = ring_objects()
+    settings = Settings(amg_points_per_side=16, amg_max_prompts=40)
+    assert settings.amg_strategy == "coverage"
+    pred = ObjectPredictor([obj, hole])
+    emb = pred.encode(np.zeros((H, W, 3), np.uint8))
+    records = ls_batch.automatic_masks(pred, settings, emb)
+    assert len(pred.points) <= 40 and len(records) == 2
+    want = ObjectPredictor([obj, hole])
+    AutomaticMaskGenerator(want, points_per_side=16, strategy="coverage", max_prompts=40).generate(emb)
+    assert pred.points == want.points
+    # a project switches back to the full grid through extra_params
+    state = ProjectState(extra=parse_extra({"strategy": "grid", "max_prompts": 1000}))
+    pred.points.clear()
+    ls_batch.automatic_masks(pred, settings, emb, state)
+    assert len(pred.points) == 256

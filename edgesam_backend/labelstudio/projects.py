@@ -26,7 +26,10 @@ EXTRA_PARAMS = {
     "min_mask_region_area": int,
     "max_regions": int,
     "use_proposals": bool,
+    "strategy": str,
+    "max_prompts": int,
 }
+STRATEGIES = ("grid", "coverage")
 MAX_PROJECTS = 1000
 
 
@@ -83,6 +86,8 @@ def parse_extra(extra: Any) -> dict[str, Any]:
         out[k] = v
     if "mask_choice" in out and out["mask_choice"] not in MASK_CHOICES:
         raise BadRequest(f"extra_params.mask_choice must be one of {', '.join(MASK_CHOICES)}")
+    if "strategy" in out and out["strategy"] not in STRATEGIES:
+        raise BadRequest(f"extra_params.strategy must be one of {', '.join(STRATEGIES)}")
     return out
 
 
