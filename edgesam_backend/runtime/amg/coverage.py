@@ -79,38 +79,49 @@ def spread(idx: NDArray[np.int64], k: int) -> NDArray[np.int64]:
 class CoverageMap:
     """Union of accepted masks of one crop on the decoder's low-res frame.
 
-    ``covered`` is ``(256, 256)`` bool in the model frame / 4 (the frame of ``low_res_logits``); a
+    ``covered`` is ``(S, S)`` bool in the frame of ``low_res_logits`` (``S`` = 256 for a 1024 model
+    input: the model frame / 4; taken from the first masks added, so any model input size works). A
     point ``(x, y)`` of the crop (original pixels) maps to cell ``floor(apply_coords(x, y) / 4)``.
+    Before anything is added nothing is covered.
     """
 
-    def __init__(self, crop_hw: tuple[int, int], size: int = transforms.LOW_RES_SIZE) -> None:
+    def __init__(self, crop_hw: tuple[int, int]) -> None:
         self.crop_hw = (int(crop_hw[0]), int(crop_hw[1]))
-        self.size = int(size)
-        self.covered = np.zeros((self.size, self.size), dtype=bool)
+        self.covered: NDArray[np.bool_] | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.covered is None else int(self.covered.shape[0])
 
     def add(self, low_res: NDArray[np.float32]) -> None:
-        """OR masks ``logits > 0`` into the map; ``low_res`` ``(256, 256)`` or ``(n, 256, 256)``."""
+        """OR masks ``logits > 0`` into the map; ``low_res`` ``(S, S)`` or ``(n, S, S)``."""
         low = np.asarray(low_res)
+        if low.size == 0:
+            return
+        if self.covered is None:
+            self.covered = np.zeros(low.shape[-2:], dtype=bool)
         for m in low.reshape(-1, *low.shape[-2:]):
             self.covered |= m > 0
 
     def cells(self, points: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Crop-frame ``(N, 2)`` (x, y) pixels → ``(rows, cols)`` low-res cells, clipped to the map."""
-        model = transforms.apply_coords(points, self.crop_hw).astype(np.float64)
-        scale = self.size / transforms.IMAGE_SIZE
-        cols = np.clip(np.floor(model[:, 0] * scale), 0, self.size - 1).astype(np.int64)
-        rows = np.clip(np.floor(model[:, 1] * scale), 0, self.size - 1).astype(np.int64)
+        s = self.size
+        model = transforms.apply_coords(points, self.crop_hw, long_side=4 * s).astype(np.float64)
+        cols = np.clip(np.floor(model[:, 0] / 4), 0, s - 1).astype(np.int64)
+        rows = np.clip(np.floor(model[:, 1] / 4), 0, s - 1).astype(np.int64)
         return rows, cols
 
     def is_covered(self, points: NDArray[np.float64]) -> NDArray[np.bool_]:
         """``(N,)`` bool: which crop-frame points ``(N, 2)`` lie on an accepted mask."""
-        if points.shape[0] == 0:
-            return np.zeros(0, dtype=bool)
+        if self.covered is None or points.shape[0] == 0:
+            return np.zeros(points.shape[0], dtype=bool)
         rows, cols = self.cells(points)
         return self.covered[rows, cols]
 
     def fraction(self) -> float:
         """Covered share of the crop's valid low-res cells (padding excluded)."""
+        if self.covered is None:
+            return 0.0
         h, w = self.crop_hw
         long = max(h, w)
         vh = max(1, round(self.size * h / long))
