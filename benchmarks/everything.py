@@ -16,6 +16,8 @@ the share of the old grid's masks that a new mask matches at IoU >= 0.8 (greedy 
 with ``--coco DIR`` (``DIR/images`` + ``DIR/annotations.json``, e.g. the quality benchmark's held-out
 synthetic set) also **ground-truth recall@0.5** of both. Masks are only meaningful with trained
 weights (``--checkpoint``); with the random reference weights the numbers measure cost only.
+``oracle_sampling`` (no model, ``--oracle N`` synthetic images): a decoder that answers each point with
+the ground-truth region under it — where the prompts go, grid vs coverage at each budget.
 ``decoder_per_prompt`` is benchmarks/decoder.py (plain vs fast decoder at B = 1/16/64, its floor).
 
 Usage: python benchmarks/everything.py [--checkpoint PTH] [--images 2 | --coco DIR] [--threads 2]
@@ -130,6 +132,81 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- oracle: where the prompts go, without a model ----------------------------------------------------
+
+
+def oracle_sampling(n_images: int, size: int, budgets: list[int], points_per_side: int) -> dict[str, Any]:
+    """Synthetic images (:func:`~edgesam_backend.training.synthetic.make_image`, seed 2) and a decoder
+    that answers every point with the ground-truth region under it (an object's visible mask, or the
+    background as one region), confidently on all tokens: grid vs coverage at each budget, GT recall@0.5
+    and prompts. Isolates the prompt placement from the model's quality."""
+    from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+    from edgesam_backend.runtime.base import BasePredictor
+    from edgesam_backend.runtime.masks import stability_score
+    from edgesam_backend.training.synthetic import make_image
+
+    class Oracle(BasePredictor):
+        def __init__(self, masks: np.ndarray) -> None:
+            super().__init__()
+            h, w = masks.shape[1:]
+            regions = np.concatenate([masks, ~masks.any(0, keepdims=True)])
+            s = 256 / max(h, w)  # low-res cells of the 1024 model frame
+            yy, xx = np.mgrid[0:256, 0:256]
+            oy = np.clip(((yy + 0.5) / s).astype(int), 0, h - 1)
+            ox = np.clip(((xx + 0.5) / s).astype(int), 0, w - 1)
+            inside = ((yy + 0.5) / s < h) & ((xx + 0.5) / s < w)
+            self.low = [np.where(r[oy, ox] & inside, 8.0, -8.0).astype(np.float32) for r in regions]
+            self.label = np.argmax(np.concatenate([regions]), axis=0)
+            self.s = s
+
+        def _encode_tensor(self, x):
+            return np.zeros((1, 256, 64, 64), np.float32)
+
+        def _decode(self, embeddings, coords, labels, mask_input):
+            b = coords.shape[0]
+            low = np.empty((b, 4, 256, 256), np.float32)
+            h, w = self.label.shape
+            for i in range(b):
+                x, y = coords[i, 0] / 4 / self.s
+                low[i] = self.low[self.label[min(int(y), h - 1), min(int(x), w - 1)]]
+            return low, np.full((b, 4), 0.9, np.float32), stability_score(low)
+
+    rng = np.random.default_rng(2)
+    rows: dict[str, list[tuple[int, float | None]]] = {}
+    for _ in range(n_images):
+        img = make_image(rng, size, size)
+        pred = Oracle(img.masks)
+        emb = pred.encode(img.image)
+        gt = [_encode(m) for m in img.masks]
+        for name, kw in [("grid", {})] + [
+            (f"coverage_{b}", {"strategy": "coverage", "max_prompts": b}) for b in budgets
+        ]:
+            gen = AutomaticMaskGenerator(pred, points_per_side=points_per_side, output_mode="coco_rle", **kw)
+            recs, st = gen.generate(emb, return_stats=True)
+            got = [r["segmentation"] for r in recs]
+            rows.setdefault(name, []).append((st["prompts"], matched(gt, got, GT_IOU), len(gt)))
+    return {
+        "what": " ".join((oracle_sampling.__doc__ or "").split()),
+        "images": n_images,
+        "size": size,
+        **{
+            name: {
+                "mean_prompts": round(statistics.fmean(p for p, _, _ in r), 1),
+                "gt_recall0.5": round(sum(m for _, m, _ in r) / max(1, sum(t for _, _, t in r)), 4),
+            }
+            for name, r in rows.items()
+        },
+    }
+
+
+def _encode(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode("ascii")
+    return r
+
+
 # --- matching ----------------------------------------------------------------------------------------
 
 
@@ -205,6 +282,7 @@ def main() -> None:
     ap.add_argument("--onnx-dir", type=Path, default=None, help="reuse exports: DIR/plain and DIR/fast")
     ap.add_argument("--max-prompts", type=int, default=320, help="the new default's budget (quickstart)")
     ap.add_argument("--curve", type=int, nargs="*", default=[64, 128, 256], help="budgets of the curve")
+    ap.add_argument("--oracle", type=int, default=6, help="synthetic images of the oracle section; 0 skips")
     ap.add_argument("--decoder-repeats", type=int, default=3, help="benchmarks/decoder.py repeats; 0 skips")
     args = ap.parse_args()
     if args.child:
@@ -306,6 +384,10 @@ def main() -> None:
             }
         )
         out["curve"] = pts
+    if args.oracle > 0:
+        out["oracle_sampling"] = oracle_sampling(
+            args.oracle, 512, [*curve_budgets, args.max_prompts], args.points_per_side
+        )
     if args.decoder_repeats > 0:
         cmd = [
             sys.executable,
