@@ -63,7 +63,9 @@ def images(tmp_path):
 
 GRID = "points_per_side: 2"
 #: coverage-driven everything mode: 8x8 grid in 3 nested levels, stability-accepted masks cover
-COVERAGE = "{strategy: coverage, points_per_side: 8, coverage_stability_thresh: 0.2, max_prompts: 40}"
+COVERAGE = (
+    "strategy: coverage\n    points_per_side: 8\n    coverage_stability_thresh: 0.2\n    max_prompts: 40"
+)
 
 
 def pipeline(tmp_path, onnx_dir, images, executor: str, name: str, grid: str = GRID):
