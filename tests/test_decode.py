@@ -176,6 +176,7 @@ def test_label_studio_interactive_mask_is_predict(onnx_predictor, image_emb):
 def test_label_studio_batch_truncates_then_decodes(onnx_predictor, image_emb):
     _, emb = image_emb
     settings = Settings(
+        amg_strategy="grid",
         amg_points_per_side=4,
         amg_stability_score_thresh=0.0,
         amg_pred_iou_thresh=0.0,

@@ -32,7 +32,12 @@ from .test_labelstudio_units import CONFIG
 POLY_CONFIG = CONFIG.replace(
     "</View>", '<PolygonLabels name="poly" toName="image"><Label value="Foreground"/></PolygonLabels></View>'
 )
-AMG = {"amg_points_per_side": 4, "amg_stability_score_thresh": 0.0, "amg_pred_iou_thresh": 0.0}
+AMG = {
+    "amg_strategy": "grid",
+    "amg_points_per_side": 4,
+    "amg_stability_score_thresh": 0.0,
+    "amg_pred_iou_thresh": 0.0,
+}
 
 
 def _png_bytes(w: int, h: int) -> bytes:

@@ -163,6 +163,7 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             {},
             label_studio_url=ls.url,
             label_studio_api_key=ls.token,
+            amg_strategy="grid",
             amg_points_per_side=AMG["points_per_side"],
             amg_stability_score_thresh=AMG["stability_score_thresh"],
             amg_pred_iou_thresh=AMG["pred_iou_thresh"],

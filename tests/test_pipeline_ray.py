@@ -30,7 +30,7 @@ steps:
   - kind: source.folder
     path: {images}
   - kind: prompt.grid
-    points_per_side: 2
+    {grid}
   - kind: segment
   - kind: refine
     stability_score_thresh: 0.2
@@ -61,10 +61,18 @@ def images(tmp_path):
     return d
 
 
-def pipeline(tmp_path, onnx_dir, images, executor: str, name: str):
+GRID = "points_per_side: 2"
+#: coverage-driven everything mode: 8x8 grid in 3 nested levels, stability-accepted masks cover
+COVERAGE = (
+    "strategy: coverage\n    points_per_side: 8\n    coverage_stability_thresh: 0.2\n    max_prompts: 40"
+)
+
+
+def pipeline(tmp_path, onnx_dir, images, executor: str, name: str, grid: str = GRID):
     (tmp_path / f"{name}-cfg").mkdir(exist_ok=True)
     p = tmp_path / f"{name}-cfg" / "pipeline.yaml"  # same file name: the export's description is its stem
-    p.write_text(textwrap.dedent(YAML).format(onnx=onnx_dir, images=images, executor=executor))
+    text = textwrap.dedent(YAML).format(onnx=onnx_dir, images=images, executor=executor, grid="{grid}")
+    p.write_text(text.replace("{grid}", grid))
     return load_pipeline(p, [f"output_dir={tmp_path / name}"])
 
 
@@ -92,6 +100,22 @@ def test_ray_executor_matches_local(local_ray, onnx_dir, images, tmp_path):
     )
     assert again["skipped"] == 4 and again["processed"] == 0
     assert tree(tmp_path / "local") == a
+
+
+def test_ray_matches_local_in_coverage_mode(local_ray, onnx_dir, images, tmp_path):
+    """The coverage-driven everything mode gives byte-identical outputs on both executors."""
+    local = run_pipeline(
+        pipeline(tmp_path, onnx_dir, images, "{type: local}", "cl", COVERAGE), progress=False
+    )
+    remote = run_pipeline(
+        pipeline(tmp_path, onnx_dir, images, "{type: ray, num_workers: 2}", "cr", COVERAGE), progress=False
+    )
+    assert remote["executor"] == "ray" and remote["processed"] == 4 and remote["failed"] == 0
+    assert remote["masks"] == local["masks"] > 0
+    a, b = tree(tmp_path / "cl"), tree(tmp_path / "cr")
+    assert sorted(a) == sorted(b) and len(a) > 10
+    for name in a:
+        assert a[name] == b[name], name
 
 
 def test_ray_executor_records_failures(local_ray, onnx_dir, images, tmp_path):

@@ -28,8 +28,13 @@ def make_generator(predictor: BasePredictor, settings: Settings, state: ProjectS
     """The automatic mask generator with the server settings and the project's overrides; COCO RLE
     records, so that only the masks kept after ``max_regions`` are ever decoded to bool."""
     s = settings
+    strategy = option(state, "strategy", s.amg_strategy)
+    use_props = option(state, "use_proposals", s.amg_use_proposals)
     return AutomaticMaskGenerator(
         predictor,
+        strategy=strategy,
+        max_prompts=option(state, "max_prompts", s.amg_max_prompts) or None,
+        proposal_top_k=int(option(state, "max_regions", s.batch_max_regions)) if use_props else 0,
         points_per_side=option(state, "points_per_side", s.amg_points_per_side),
         points_per_batch=s.amg_points_per_batch,
         pred_iou_thresh=option(state, "pred_iou_thresh", s.amg_pred_iou_thresh),
@@ -46,12 +51,13 @@ def automatic_masks(
 ) -> list[dict[str, Any]]:
     """The generator's records for an embedding, best first, capped at ``max_regions``, with
     ``segmentation`` as ``(H, W)`` bool (decoded after the cap): box prompts from the region proposals
-    when the encoder has them (and they are enabled), else the point grid."""
+    when the encoder has them (and they are enabled), else the point grid; with the coverage strategy
+    (default) one generator call: proposals first, then points where they found nothing."""
     amg = make_generator(predictor, settings, state)
     max_regions = int(option(state, "max_regions", settings.batch_max_regions))
     use_props = option(state, "use_proposals", settings.amg_use_proposals)
     props = getattr(emb, "proposals", None)
-    if use_props and props is not None and len(props):
+    if amg.strategy == "grid" and use_props and props is not None and len(props):
         nms = option(state, "box_nms_thresh", settings.amg_box_nms_thresh)
         top = props.top(max_regions, nms_thresh=nms)
         records = amg.generate_from_boxes(emb, top.boxes, top.scores)

@@ -71,7 +71,11 @@ class Settings(BaseModel):
     batch: bool = True
     batch_time_budget: float = Field(80.0, ge=0)
     default_label: str | None = None
-    amg_points_per_side: int = Field(16, ge=1, le=128)
+    # everything mode: coverage-driven (a 32-point grid in nested levels, points only where masks are
+    # missing, at most 256 prompts: never more than the former 16x16 grid) — see runtime/amg/coverage
+    amg_strategy: Literal["grid", "coverage"] = "coverage"
+    amg_max_prompts: int | None = Field(256, ge=1)
+    amg_points_per_side: int = Field(32, ge=1, le=128)
     amg_points_per_batch: int = Field(64, ge=1, le=256)
     amg_pred_iou_thresh: float = Field(0.88, ge=0, le=1)
     amg_stability_score_thresh: float = Field(0.95, ge=0, le=1)
@@ -184,6 +188,8 @@ EXTRA_PARAM_FIELDS = {
     "min_mask_region_area": "amg_min_mask_region_area",
     "max_regions": "batch_max_regions",
     "use_proposals": "amg_use_proposals",
+    "strategy": "amg_strategy",
+    "max_prompts": "amg_max_prompts",
 }
 
 

@@ -88,6 +88,11 @@ class BasePredictor(ABC):
     #: The model's square input side ``S`` (low-res logits ``S/4``, embeddings ``S/16``).
     image_size: int = transforms.IMAGE_SIZE
 
+    #: At most this many prompts per back-end decoder call: larger batches are split inside
+    #: :meth:`predict_low_res` (outputs are identical), which bounds the decoder's working memory
+    #: whatever batch a caller asks for. ``None``: no limit.
+    max_decode_batch: int | None = None
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._embedding: ImageEmbedding | None = None
@@ -173,7 +178,18 @@ class BasePredictor(ABC):
                 "this decoder has no mask input (official-format ONNX export); "
                 "re-export with `edgesam export` for mask refinement"
             )
-        return self._decode(emb.embeddings, coords, labels, mask)
+        step = self.max_decode_batch
+        b = coords.shape[0]
+        if not step or b <= step:
+            return self._decode(emb.embeddings, coords, labels, mask)
+        low = np.empty((b, NUM_MASK_TOKENS, transforms.LOW_RES_SIZE, transforms.LOW_RES_SIZE), np.float32)
+        iou = np.empty((b, NUM_MASK_TOKENS), np.float32)
+        stab = np.empty((b, NUM_MASK_TOKENS), np.float32)
+        for s in range(0, b, step):
+            sl = slice(s, s + step)
+            out = self._decode(emb.embeddings, coords[sl], labels[sl], None if mask is None else mask[sl])
+            low[sl], iou[sl], stab[sl] = out
+        return low, iou, stab
 
     def decode(
         self,

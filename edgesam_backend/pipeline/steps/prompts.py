@@ -1,7 +1,8 @@
 """Prompt steps: where the decoder's prompts come from.
 
-* ``prompt.grid``: SAM's everything mode — a point grid over the image and over crop layers; the segment
-  step runs the automatic mask generator (:mod:`edgesam_backend.runtime.amg`);
+* ``prompt.grid``: SAM's everything mode — a point grid over the image and over crop layers, or with
+  ``strategy: coverage`` the grid's nested levels only where masks are still missing; the segment step
+  runs the automatic mask generator (:mod:`edgesam_backend.runtime.amg`);
 * ``prompt.proposals``: boxes from the region proposal head (an encoder exported from a checkpoint with
   ``rpn_head`` weights, e.g. from ``edgesam train-rpn``);
 * ``prompt.source_boxes``: the source's own boxes (COCO, Label Studio rectangles) and keypoints;
@@ -28,8 +29,27 @@ from ..types import Fraction, InputFile, NonNegativeInt, PositiveInt
 
 
 class GridConfig(StepConfig):
-    """SAM's everything mode (names and defaults of ``SamAutomaticMaskGenerator``)."""
+    """SAM's everything mode (names and defaults of ``SamAutomaticMaskGenerator``), or the
+    coverage-driven mode (``strategy: coverage``: the grid in nested levels, each level only where the
+    accepted masks leave the image uncovered; region proposals first when the model has the head)."""
 
+    strategy: Literal["grid", "coverage"] = Field(
+        "grid",
+        description="grid: every grid point (SAM); coverage: a coarse grid first, then denser points only "
+        "where accepted masks leave the image uncovered (proposals first when the model has the head)",
+    )
+    max_prompts: PositiveInt | None = Field(
+        None, description="budget of decoder prompts per image (null: none); levels are thinned evenly"
+    )
+    coverage_levels: PositiveInt = Field(
+        3, description="coverage: nested levels of the grid (3: every 4th, every 2nd, every point)"
+    )
+    coverage_stability_thresh: Fraction = Field(
+        0.95, description="coverage: a kept mask with at least this stability covers its area"
+    )
+    proposal_top_k: NonNegativeInt = Field(
+        100, description="coverage: region proposals decoded first when the model has the head (0: never)"
+    )
     points_per_side: PositiveInt = Field(32, description="grid points per image side (layer 0)")
     crop_n_layers: NonNegativeInt = Field(0, description="extra crop layers (layer i has (2**i)**2 crops)")
     crop_nms_thresh: Fraction = Field(0.7, description="box IoU threshold of the NMS across crops")
@@ -44,6 +64,11 @@ class GridPrompt(PromptStep):
     def grid_options(self) -> dict[str, Any]:
         c: GridConfig = self.config
         return {
+            "strategy": c.strategy,
+            "max_prompts": c.max_prompts,
+            "coverage_levels": c.coverage_levels,
+            "coverage_stability_thresh": c.coverage_stability_thresh,
+            "proposal_top_k": c.proposal_top_k,
             "points_per_side": c.points_per_side,
             "crop_n_layers": c.crop_n_layers,
             "crop_nms_thresh": c.crop_nms_thresh,

@@ -5,9 +5,9 @@
   mask token is kept per prompt: with ``multimask_output`` the best of tokens 1-3 by ``quality_score``,
   else token 0. Default (``null``): multimask for point-only prompts, single mask for prompts with a box
   (SAM's advice). The chosen token's low-res logits stay in memory for ``refine`` iterations.
-* Grid mode (``prompt.grid``): SAM's automatic mask generator with the grid, these decoder settings and
-  the first ``refine`` step's filters (applied before upscaling, as SAM does); ``multimask_output``
-  false keeps one token per point instead of three.
+* Grid mode (``prompt.grid``, either strategy): SAM's automatic mask generator with the grid,
+  these decoder settings and the first ``refine`` step's filters (applied before upscaling, as SAM
+  does); ``multimask_output`` false keeps one token per point instead of three.
 """
 
 from __future__ import annotations
@@ -99,6 +99,19 @@ def upscale_to_rles(low: NDArray[np.float32], job: ImageJob) -> list[dict[str, A
     return [rle_encode(m) for chunk in job.predictor.iter_masks(low, job.embedding) for m in chunk]
 
 
+def grid_prompt(record: dict[str, Any]) -> dict[str, Any]:
+    """The prompt of an everything-mode record: its grid point, or (coverage mode on a model with the
+    region proposal head) ``kind: proposal`` for a mask from a proposal box."""
+    crop = [int(v) for v in record["crop_box"]]
+    if not record["point_coords"]:
+        return {"kind": "proposal", "crop_box": crop}
+    return {
+        "kind": "grid",
+        "point": [round(float(v), 3) for v in record["point_coords"][0]],
+        "crop_box": crop,
+    }
+
+
 class Segment(SegmentStep):
     Config = SegmentConfig
 
@@ -175,6 +188,8 @@ class Segment(SegmentStep):
         crops = prompt_step.grid_options().get("crop_n_layers", 0)
         records, st = gen.generate(job.image if crops else job.embedding, return_stats=True)
         job.stats.update({"prompts": st["prompts"], "decoder_calls": st["decoder_calls"]})
+        if st["mode"] == "coverage":
+            job.stats["proposal_prompts"] = st["proposal_prompts"]
         if crops:
             job.stats["encoder_calls"] = st["encoder_calls"]
         return MaskSet(
@@ -183,14 +198,7 @@ class Segment(SegmentStep):
             rles=[r["segmentation"] for r in records],
             iou=np.array([r["predicted_iou"] for r in records], np.float32),
             stability=np.array([r["stability_score"] for r in records], np.float32),
-            prompts=[
-                {
-                    "kind": "grid",
-                    "point": [round(float(v), 3) for v in r["point_coords"][0]],
-                    "crop_box": [int(v) for v in r["crop_box"]],
-                }
-                for r in records
-            ],
+            prompts=[grid_prompt(r) for r in records],
             labels=[None] * len(records),
             quality=c.quality_score,
             amg_owner=owner,

@@ -11,6 +11,10 @@ steps and record format) on any :class:`~edgesam_backend.runtime.base.BasePredic
 3. per batch: quality filter on the low-res outputs, upscale only the survivors (in memory-bounded
    chunks) to the crop, threshold at 0, tight boxes, drop masks near a crop edge that is not an image
    edge, compress to RLE (full-image frame);
+   with ``strategy="coverage"`` the grid is decoded in nested levels (every 4th, 2nd, then every point),
+   each level only where the masks accepted so far (quality filter + ``coverage_stability_thresh``)
+   leave the crop uncovered, region proposals first when the encoder has the head; ``max_prompts``
+   caps the prompts per image (:mod:`~edgesam_backend.runtime.amg.coverage`);
 4. box NMS per crop; NMS across crops preferring smaller crops; optional hole/island removal
    (``min_mask_region_area``) and a second NMS preferring unchanged masks;
 5. records as SAM writes them.
@@ -38,9 +42,10 @@ Memory. Low-res logits of a batch stay in the decoder's output array; only masks
 filter are upscaled, ``upscale_chunk_bytes`` (256 MB) worth at a time, kept as bool only long enough
 for boxes and the crop-edge test, then compressed to pycocotools RLEs — every later stage (NMS, small
 regions) works on boxes and RLEs, and binary masks are decoded once, for the final records only. The
-decoder itself dominates memory: onnxruntime's arena grows by ~58 MB per prompt in a batch (~3.7 GB
-at ``points_per_batch=64``, 2 threads) while the time per prompt measured no better at B=64 than at
-B=8, so small CPU servers are better served by ``points_per_batch`` 8-16.
+decoder itself dominates memory: onnxruntime's arena grows by ~58 MB per prompt of the largest batch
+run (~3.9 GB at 64), so the predictor splits every ``decode`` call into runs of at most
+``predictor.max_decode_batch`` prompts (``OnnxPredictor`` on the CPU: 8, ~0.6 GB), whatever
+``points_per_batch`` is.
 
 Counters and timings of the last call are in ``generator.last_stats`` (also returned with
 ``return_stats=True``): ``decoder_calls``, ``prompts``, ``encoder_calls``, candidate counts after each

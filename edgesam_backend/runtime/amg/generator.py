@@ -13,22 +13,18 @@ from numpy.typing import ArrayLike, NDArray
 from .. import transforms
 from ..base import ImageEmbedding
 from ..boxes import nms
-from ..decode import Decoded, candidate_tokens
-from ..prompts import BOX_LABELS
+from ..decode import candidate_tokens
 from ..quality import BOX_NMS_THRESH, PRED_IOU_THRESH, QUALITY_SCORES, STABILITY_SCORE_THRESH
 from ..upscale import UPSCALE_CHUNK_BYTES
-from .batch import process_batch
 from .candidates import Candidates, remove_small_regions_nms
+from .coverage import STRATEGIES, CoverageMap, grid_side, nested_levels, spread, uncovered
 from .params import check_boxes, check_image, check_point_grids, float_param, int_param
 from .records import OUTPUT_MODES, build_records
+from .stages import DecodeStages
 from .stats import close_stats, new_stats
 
 
-class GenerationStopped(RuntimeError):
-    """``should_stop`` returned True between two decoder batches."""
-
-
-class AutomaticMaskGenerator:
+class AutomaticMaskGenerator(DecodeStages):
     """Segment everything: SAM's automatic mask generator on an EdgeSAM predictor (see module docs).
 
     Args:
@@ -52,6 +48,17 @@ class AutomaticMaskGenerator:
         multimask: mask tokens per point: 3 (SAM's everything mode), 4 or 1.
         should_stop: called before every decoder batch; when it returns True the generation raises
             :class:`GenerationStopped` (a time budget or an abandoned request; nothing is returned).
+        strategy: ``"grid"`` (SAM's: every grid point) or ``"coverage"`` (nested levels of the grid,
+            each only where the accepted masks leave the crop uncovered; see
+            :mod:`~edgesam_backend.runtime.amg.coverage`). Coverage needs ``points_per_side``.
+        max_prompts: budget of decoder prompts per image (all crops, proposals included; ``None``: no
+            budget). A level (or the grid) with more points than are left is thinned evenly.
+        coverage_levels: nested levels of the coverage strategy (3: strides 4, 2, 1 of the grid).
+        coverage_stability_thresh: a mask that passes the quality filter covers its area for later
+            levels when its stability is at least this.
+        proposal_top_k: with ``strategy="coverage"`` and an encoder with a region proposal head, the
+            best ``proposal_top_k`` proposals (after NMS ``proposal_nms_thresh``) are decoded first as
+            box prompts, then points only where they found nothing; 0 never uses proposals.
     """
 
     #: Memory budget (bytes) of one upscaling chunk: low-res survivors are upscaled this many at a time.
@@ -76,6 +83,12 @@ class AutomaticMaskGenerator:
         quality_score: str = "stability",
         multimask: int = 3,
         should_stop: Callable[[], bool] | None = None,
+        strategy: str = "grid",
+        max_prompts: int | None = None,
+        coverage_levels: int = 3,
+        coverage_stability_thresh: float = STABILITY_SCORE_THRESH,
+        proposal_top_k: int = 100,
+        proposal_nms_thresh: float = 0.7,
     ) -> None:
         if not (
             callable(getattr(predictor, "encode", None)) and callable(getattr(predictor, "decode", None))
@@ -114,6 +127,16 @@ class AutomaticMaskGenerator:
                 f"multimask (mask tokens per point) must be 1, 3 or 4, got {multimask!r}"
             ) from None
         self.multimask = int(multimask)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.strategy = strategy
+        self.max_prompts = None if max_prompts is None else int_param("max_prompts", max_prompts, 1)
+        self.coverage_levels = int_param("coverage_levels", coverage_levels, 1)
+        self.coverage_stability_thresh = float_param(
+            "coverage_stability_thresh", coverage_stability_thresh, 0.0, 1.0
+        )
+        self.proposal_top_k = int_param("proposal_top_k", proposal_top_k, 0)
+        self.proposal_nms_thresh = float_param("proposal_nms_thresh", proposal_nms_thresh, 0.0, 1.0)
 
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
@@ -135,6 +158,9 @@ class AutomaticMaskGenerator:
         else:
             self.points_per_side = None
             self.point_grids = check_point_grids(point_grids, self.crop_n_layers)
+        if strategy == "coverage":
+            for g in self.point_grids:
+                grid_side(g)  # raises for a grid that is not square
         self.last_stats: dict[str, Any] = {}
 
     # --- public API ----------------------------------------------------------------------------------
@@ -148,7 +174,7 @@ class AutomaticMaskGenerator:
         stats dict (the same as ``self.last_stats``).
         """
         t0 = time.perf_counter()
-        st = new_stats("grid", self.quality_score)
+        st = new_stats(self.strategy, self.quality_score)
         if isinstance(image, ImageEmbedding):
             if self.crop_n_layers > 0:
                 raise ValueError("crop_n_layers > 0 needs the image pixels, not an ImageEmbedding")
@@ -200,14 +226,7 @@ class AutomaticMaskGenerator:
         original_hw = tuple(int(v) for v in emb.original_hw)
         crop_box = [0, 0, original_hw[1], original_hw[0]]
         st["crops"] = 1
-        parts = []
-        for s in range(0, b.shape[0], self.points_per_batch):
-            chunk = b[s : s + self.points_per_batch]
-            coords = transforms.apply_boxes(chunk, original_hw, emb.image_size).reshape(-1, 2, 2)
-            labels = np.tile(np.asarray(BOX_LABELS, dtype=np.float32), (chunk.shape[0], 1))
-            d = self._decode(coords, labels, emb, st, 1)
-            xy, index = np.full((chunk.shape[0], 2), np.nan), np.arange(s, s + chunk.shape[0])
-            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st))
+        parts = self._box_parts(emb, b, crop_box, original_hw, st)
         data = self._nms_within(Candidates.concat(parts), st)
         st["after_crop_nms"] = len(data)
         return self._finish(data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc)
@@ -241,64 +260,7 @@ class AutomaticMaskGenerator:
         self.last_stats = st
         return (records, st) if return_stats else records
 
-    # --- stages --------------------------------------------------------------------------------------
-    def _encode(self, pixels: NDArray[np.uint8], st: dict[str, Any]) -> ImageEmbedding:
-        t = time.perf_counter()
-        emb = self.predictor.encode(pixels)
-        st["encoder_s"] += time.perf_counter() - t
-        st["encoder_calls"] += 1
-        return emb
-
-    def _decode(
-        self,
-        coords: NDArray[np.float32],
-        labels: NDArray[np.float32],
-        emb: ImageEmbedding,
-        st: dict[str, Any],
-        multimask: int,
-    ) -> Decoded:
-        """One batched decoder call; every token of ``multimask`` kept, stability at the configured offset."""
-        if self.should_stop is not None and self.should_stop():
-            raise GenerationStopped(f"stopped after {st['decoder_calls']} decoder batches")
-        t = time.perf_counter()
-        out = self.predictor.decode(
-            coords,
-            labels,
-            None,
-            emb,
-            select="all",
-            num_multimask_outputs=multimask,
-            stability_offset=self.stability_score_offset,
-        )
-        st["decoder_s"] += time.perf_counter() - t
-        st["decoder_calls"] += 1
-        st["prompts"] += int(coords.shape[0])
-        return out
-
-    def _batch(
-        self,
-        d: Decoded,
-        prompt_xy: NDArray[np.float64],
-        prompt_index: NDArray[np.int64],
-        crop_box: list[int],
-        original_hw: tuple[int, int],
-        emb: ImageEmbedding,
-        st: dict[str, Any],
-    ) -> Candidates:
-        return process_batch(
-            d,
-            prompt_xy,
-            prompt_index,
-            crop_box,
-            original_hw,
-            emb,
-            self.quality_score,
-            self.pred_iou_thresh,
-            self.stability_score_thresh,
-            self.upscale_chunk_bytes,
-            st,
-        )
-
+    # --- stages (the decoder stages are in DecodeStages) -------------------------------------------------
     def _process_crop(
         self,
         emb: ImageEmbedding,
@@ -309,24 +271,33 @@ class AutomaticMaskGenerator:
     ) -> Candidates:
         crop_h, crop_w = emb.original_hw
         points = self.point_grids[layer] * np.array([crop_w, crop_h], dtype=np.float64)  # crop frame
-        offset = np.array(crop_box[:2], dtype=np.float64)
+        if self.strategy == "grid":
+            idx = np.arange(points.shape[0])
+            left = self._remaining(st)
+            if left is not None:
+                idx = spread(idx, left)
+            parts = self._point_parts(emb, points, idx, crop_box, original_hw, st)
+            return self._nms_within(Candidates.concat(parts), st)
+        coverage = CoverageMap((crop_h, crop_w))
         parts = []
-        for s in range(0, points.shape[0], self.points_per_batch):
-            pts = points[s : s + self.points_per_batch]
-            n = pts.shape[0]
-            # one positive point plus SAM's (0, 0) / -1 padding point per prompt
-            coords = np.zeros((n, 2, 2), dtype=np.float32)
-            coords[:, 0] = transforms.apply_coords(pts, (crop_h, crop_w), emb.image_size)
-            labels = np.tile(np.array([1.0, -1.0], dtype=np.float32), (n, 1))
-            d = self._decode(coords, labels, emb, st, self.multimask)
-            parts.append(self._batch(d, pts + offset, np.arange(s, s + n), crop_box, original_hw, emb, st))
+        props = emb.proposals if layer == 0 else None
+        if self.proposal_top_k > 0 and props is not None and len(props):
+            top = props.top(self.proposal_top_k, self.proposal_nms_thresh)
+            boxes = np.asarray(top.boxes, dtype=np.float64)
+            left = self._remaining(st)
+            if left is not None:
+                boxes = boxes[:left]
+            parts += self._box_parts(emb, boxes, crop_box, original_hw, st, coverage)
+            st["proposal_prompts"] += int(boxes.shape[0])
+        for level in nested_levels(grid_side(points), self.coverage_levels):
+            idx = uncovered(points, level, coverage)
+            left = self._remaining(st)
+            if left is not None:
+                idx = spread(idx, left)
+            st["level_prompts"].append(int(idx.size))
+            parts += self._point_parts(emb, points, idx, crop_box, original_hw, st, coverage)
+        st["coverage"].append(round(coverage.fraction(), 4))
         return self._nms_within(Candidates.concat(parts), st)
-
-    def _nms_within(self, data: Candidates, st: dict[str, Any]) -> Candidates:
-        if len(data):
-            data = data.take(nms(data.boxes, data.scores(self.quality_score), self.box_nms_thresh))
-        st["after_box_nms"] += len(data)
-        return data
 
     def postprocess_small_regions(self, data: Candidates, min_area: int, nms_thresh: float) -> Candidates:
         """Fill holes and remove islands smaller than ``min_area`` in every mask, then NMS preferring

@@ -53,7 +53,10 @@ def build_records(
             "area": int(areas[i]),
             "bbox": bboxes[i],
             "predicted_iou": float(data.iou[i]),
-            "point_coords": [data.points[i].tolist()] if box_prompts is None else [],
+            # box-prompted masks (proposals, or generate_from_boxes) have no point (NaN)
+            "point_coords": []
+            if box_prompts is not None or np.isnan(data.points[i, 0])
+            else [data.points[i].tolist()],
             "stability_score": float(data.stability[i]),
             "crop_box": crops[i],
         }

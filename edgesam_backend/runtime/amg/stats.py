@@ -6,12 +6,17 @@ from typing import Any
 
 
 def new_stats(mode: str, quality_score: str) -> dict[str, Any]:
-    """Zeroed stats of one call: ``mode`` ("grid" / "boxes"), the quality score, candidate counts after
-    each stage, and seconds spent in the encoder, decoder, upscaling and everything else."""
+    """Zeroed stats of one call: ``mode`` ("grid" / "coverage" / "boxes"), the quality score, candidate
+    counts after each stage, and seconds spent in the encoder, decoder, upscaling and everything else.
+    Coverage mode also fills ``level_prompts`` (prompts per level, per crop in order),
+    ``proposal_prompts`` and ``coverage`` (covered share of each crop after its last level)."""
     return {
         "mode": mode,
         "quality_score": quality_score,
         "crops": 0,
+        "level_prompts": [],
+        "proposal_prompts": 0,
+        "coverage": [],
         "encoder_calls": 0,
         "decoder_calls": 0,
         "prompts": 0,
