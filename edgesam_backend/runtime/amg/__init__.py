@@ -53,7 +53,8 @@ stage, ``encoder_s``, ``decoder_s``, ``postprocess_s`` (everything else, incl. `
 """
 
 from ..quality import QUALITY_SCORES
-from .generator import AutomaticMaskGenerator, GenerationStopped
+from .generator import AutomaticMaskGenerator
 from .records import OUTPUT_MODES
+from .stages import GenerationStopped
 
 __all__ = ["OUTPUT_MODES", "QUALITY_SCORES", "AutomaticMaskGenerator", "GenerationStopped"]
