@@ -15,12 +15,24 @@ from .. import weights
 from ..runtime.model_files import INT8_ENCODER_FILE
 from .common import CliError, add_device_argument, parse_box, parse_point
 
+#: ``edgesam predict``'s model when neither ``--checkpoint`` nor ``--onnx-dir`` is given.
+DEFAULT_CHECKPOINT = "edge_sam_3x"
+
 
 def register_predict_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment one image from point/box/mask prompts")
     p.add_argument("image", type=Path, help="image file (EXIF orientation is applied)")
-    p.add_argument("--checkpoint", help="checkpoint path or model name (edge_sam, edge_sam_3x)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint path or model name (edge_sam, edge_sam_3x); default: edge_sam_3x, unless "
+        "--onnx-dir is given",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="onnx",
+        help="onnxruntime (no torch needed) or the PyTorch model",
+    )
     p.add_argument("--onnx-dir", type=Path, help="directory with encoder.onnx and decoder.onnx")
     p.add_argument(
         "--point",
@@ -51,14 +63,16 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("export", help="export encoder.onnx and decoder.onnx from a checkpoint")
     e.add_argument("--checkpoint", required=True, help="checkpoint path or model name")
-    e.add_argument("--out", type=Path, required=True, metavar="DIR")
+    e.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory for encoder.onnx + decoder.onnx"
+    )
     e.add_argument(
         "--upsample",
         choices=("bicubic", "bilinear"),
         default="bicubic",
         help="fuse-neck upsampling (bicubic as trained; bilinear as the official export)",
     )
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     e.add_argument("--no-validate", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     e.add_argument(
         "--plain-decoder",
@@ -103,8 +117,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise CliError("give at least one --point X,Y,LABEL or a --box X0,Y0,X1,Y1")
-    if args.checkpoint is None and args.onnx_dir is None:
-        raise CliError("give --checkpoint (path or model name), or --onnx-dir for the onnx backend")
+    checkpoint = args.checkpoint
+    if checkpoint is None and (args.onnx_dir is None or args.backend == "torch"):
+        checkpoint = DEFAULT_CHECKPOINT
     mask_input = None
     if args.mask_input is not None:
         try:
@@ -115,7 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         image = load_image(args.image)
         t0 = time.perf_counter()
         predictor = load_predictor(
-            args.checkpoint,
+            checkpoint,
             backend=args.backend,
             onnx_dir=args.onnx_dir,
             threads=args.threads,
@@ -313,7 +328,7 @@ def cmd_weights_path(args: argparse.Namespace) -> int:
     try:
         path = weights.checkpoint_path(args.name, download=False)
     except weights.WeightsUnavailableError as exc:
-        print(f"edgesam: {exc}", file=sys.stderr)
+        print(f"edgesam: error: {exc}", file=sys.stderr)
         return 1
     except weights.WeightsError as exc:
         raise CliError(str(exc)) from None

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_argument(r)
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files)")
-    v.add_argument("pipeline", type=Path)
+    v.add_argument("pipeline", type=Path, help="pipeline YAML")
     v.add_argument("--set", dest="overrides", **sets)
     v.add_argument("--no-check-paths", action="store_true", help="do not require input files to exist")
     v.set_defaults(func=cmd_validate)

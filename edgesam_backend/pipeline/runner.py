@@ -152,7 +152,7 @@ def run_pipeline(
 
     check_unique_file_names(items)
     categories = prep.source.categories()
-    prep.prompt.bind(items, categories)
+    prep.prompt.bind(items, categories, prep.source.kind)
     model = resolve(pipe.model)
     encoder, decoder = model.encoder, model.decoder
     info = model_info(model)
