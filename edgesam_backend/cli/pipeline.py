@@ -28,10 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_device_argument(r)
     r.set_defaults(func=cmd_run)
-    v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files)")
+    v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files, model)")
     v.add_argument("pipeline", type=Path, help="pipeline YAML")
     v.add_argument("--set", dest="overrides", **sets)
     v.add_argument("--no-check-paths", action="store_true", help="do not require input files to exist")
+    v.add_argument(
+        "--no-check-model",
+        action="store_true",
+        help="do not check that the model resolves (by default checked offline: files on disk, never "
+        "downloaded or exported; an uncached model is reported as not checked)",
+    )
     v.set_defaults(func=cmd_validate)
     s = sub.add_parser(
         "schema", help="write the pipeline JSON Schema (default: schemas/pipeline.schema.json)"
@@ -90,15 +96,33 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..pipeline.base import PipelineError
+    from ..pipeline.model_check import check_model
+
     pipe = _load(args)
     steps = [s.kind for s in pipe.steps]
+    checked = ["yaml", "env", "pydantic", "step order"]
+    if not args.no_check_paths:
+        checked.append("files")
+    checked.append("jsonschema")
+    model: dict[str, Any] = {"checked": False, "status": "skipped (--no-check-model)"}
+    if not args.no_check_model:
+        try:
+            model = check_model(pipe)
+        except PipelineError as exc:
+            raise CliError(str(exc)) from None
+        if model["checked"]:
+            checked.append("model")
+        else:
+            print(f"edgesam: warning: {model['message']}", file=sys.stderr)
     info: dict[str, Any] = {
         "valid": True,
         "pipeline": str(args.pipeline),
         "steps": steps,
         "executor": pipe.executor.type,
         "output_dir": pipe.output_dir,
-        "checked": ["yaml", "env", "pydantic", "step order", "files", "jsonschema"],
+        "checked": checked,
+        "model": model,
     }
     print(json.dumps(info))
     return 0

@@ -41,12 +41,23 @@ class PipelineStopped(PipelineError):
         self.summary = summary
 
 
+#: Appended to "not cached / cannot download" model errors: where a pipeline takes a local model.
+OFFLINE_ADVICE = (
+    "In a pipeline, point at a local copy: `model.checkpoint: /path/to/edge_sam_3x.pth` in the YAML, "
+    "EDGESAM_CHECKPOINT=/path/to/edge_sam_3x.pth (the examples read it), or "
+    "`--set model.checkpoint=/path/to/edge_sam_3x.pth`; or an exported ONNX directory: model.onnx_dir, "
+    "EDGESAM_ONNX_DIR or `--set model.onnx_dir=DIR`."
+)
+
+
 def resolve(cfg: ModelConfig) -> ResolvedModel:
     """The model of the config, by the one resolver (exporting once from a checkpoint if needed)."""
     from .. import weights
 
     try:
         return resolve_model(cfg.checkpoint, onnx_dir=cfg.onnx_dir, int8=cfg.int8, device=cfg.device)
+    except weights.WeightsUnavailableError as exc:
+        raise PipelineError(f"model: {exc} {OFFLINE_ADVICE}") from None
     except (EngineError, weights.WeightsError) as exc:
         raise PipelineError(f"model: {exc}") from None
 
