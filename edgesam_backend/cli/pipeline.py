@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, add_device_argument
+from .common import EXIT_INTERRUPTED, CliError, add_device_argument
 
 DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
 
@@ -130,11 +130,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline.base import PipelineError
-    from ..pipeline.runner import PipelineStopped, run_pipeline
+    from ..pipeline.runner import PipelineInterrupted, PipelineStopped, run_pipeline
 
     pipe = _load(args)
     try:
         summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
+    except PipelineInterrupted as exc:
+        print(json.dumps(exc.summary))
+        print(f"edgesam: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PipelineStopped as exc:
         print(json.dumps(exc.summary))
         print(f"edgesam: error: {exc}", file=sys.stderr)

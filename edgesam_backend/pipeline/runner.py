@@ -41,6 +41,14 @@ class PipelineStopped(PipelineError):
         self.summary = summary
 
 
+class PipelineInterrupted(PipelineError):
+    """Ctrl-C during a run: finished images are kept in the store; ``summary`` as far as it got."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
 #: Appended to "not cached / cannot download" model errors: where a pipeline takes a local model.
 OFFLINE_ADVICE = (
     "In a pipeline, point at a local copy: `model.checkpoint: /path/to/edge_sam_3x.pth` in the YAML, "
@@ -211,23 +219,35 @@ def run_pipeline(
             return True
 
         t_proc = time.perf_counter()
-        if exec_cfg.type == "ray":
-            from .ray_executor import run_ray
+        try:
+            if exec_cfg.type == "ray":
+                from .ray_executor import run_ray
 
-            run_ray(plan, items, fingerprints, store, on_outcome, exec_cfg, model_threads=pipe.model.threads)
-        else:
-            from .local import run_local
+                run_ray(
+                    plan, items, fingerprints, store, on_outcome, exec_cfg, model_threads=pipe.model.threads
+                )
+            else:
+                from .local import run_local
 
-            run_local(
-                plan,
-                items,
-                fingerprints,
-                store,
-                on_outcome,
-                workers=exec_cfg.workers,
-                prefetch=exec_cfg.prefetch,
-                threads=pipe.model.threads,
-            )
+                run_local(
+                    plan,
+                    items,
+                    fingerprints,
+                    store,
+                    on_outcome,
+                    workers=exec_cfg.workers,
+                    prefetch=exec_cfg.prefetch,
+                    threads=pipe.model.threads,
+                )
+        except KeyboardInterrupt:
+            bar.close()
+            kept = sum(1 for k in keys.values() if store.has(k))
+            raise PipelineInterrupted(
+                f"interrupted: {bar.done} images finished in this run, {kept} of {len(items)} kept in "
+                f"{store.root}; nothing was exported. Run the same command again to resume (kept images "
+                "are skipped).",
+                {"status": "interrupted", "images": len(items), "processed": bar.done, "kept": kept},
+            ) from None
         proc_s = time.perf_counter() - t_proc
         bar.close()
 
@@ -313,6 +333,8 @@ def _export(
 
 
 __all__ = [
+    "OFFLINE_ADVICE",
+    "PipelineInterrupted",
     "PipelineStopped",
     "config_hash",
     "instantiate",

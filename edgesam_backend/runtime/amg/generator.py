@@ -176,11 +176,16 @@ class AutomaticMaskGenerator:
         boxes: ArrayLike,
         scores: ArrayLike | None = None,
         return_stats: bool = False,
+        *,
+        filter: bool = False,
     ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Proposal-prompted mode: one mask per XYXY box ``(K, 4)`` (original pixels), box prompts in
-        decoder batches of ``points_per_batch``, single-mask token (``num_multimask_outputs=1``), then
-        the same quality filter, NMS, small-region removal and records as :meth:`generate` (at most K
-        masks). ``scores`` (``(K,)``, e.g. proposal scores) are only carried into the records."""
+        """Boxes → masks: one mask per XYXY box ``(K, 4)`` (original pixels), in box order, box prompts in
+        decoder batches of ``points_per_batch``, single-mask token (``num_multimask_outputs=1``).
+
+        By default every box keeps its mask (K records; none dropped, even an empty one). ``filter=True``
+        (the proposal-prompted everything mode, :meth:`generate_from_proposals`) applies
+        :meth:`generate`'s quality filter, box NMS and small-region removal (at most K records).
+        ``scores`` (``(K,)``, e.g. proposal scores) are only carried into the records."""
         t0 = time.perf_counter()
         st = new_stats("boxes", self.quality_score)
         b, sc = check_boxes(boxes, scores)
@@ -191,6 +196,7 @@ class AutomaticMaskGenerator:
         original_hw = tuple(int(v) for v in emb.original_hw)
         crop_box = [0, 0, original_hw[1], original_hw[0]]
         st["crops"] = 1
+        thresholds = None if filter else (None, None)
         parts = []
         for s in range(0, b.shape[0], self.points_per_batch):
             chunk = b[s : s + self.points_per_batch]
@@ -198,10 +204,14 @@ class AutomaticMaskGenerator:
             labels = np.tile(np.asarray(BOX_LABELS, dtype=np.float32), (chunk.shape[0], 1))
             d = self._decode(coords, labels, emb, st, 1)
             xy, index = np.full((chunk.shape[0], 2), np.nan), np.arange(s, s + chunk.shape[0])
-            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st))
-        data = self._nms_within(Candidates.concat(parts), st)
+            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st, thresholds))
+        data = Candidates.concat(parts)
+        if filter:
+            data = self._nms_within(data, st)
         st["after_crop_nms"] = len(data)
-        return self._finish(data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc)
+        return self._finish(
+            data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc, small_regions=filter
+        )
 
     def generate_from_proposals(
         self,
@@ -225,7 +235,7 @@ class AutomaticMaskGenerator:
                 "(edgesam train-rpn), or use generate() (point grid)"
             )
         props = emb.proposals.top(int(top_k), proposal_nms_thresh)
-        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True)
+        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True, filter=True)
         st["encoder_calls"] += int(encoded)
         st["encoder_s"] += encode_s
         st["total_s"] = time.perf_counter() - t0  # wall time incl. encoding and proposal decoding
@@ -273,7 +283,12 @@ class AutomaticMaskGenerator:
         original_hw: tuple[int, int],
         emb: ImageEmbedding,
         st: dict[str, Any],
+        thresholds: tuple[float | None, float | None] | None = None,
     ) -> Candidates:
+        """``thresholds``: ``(pred_iou, stability)`` instead of the generator's (``None``: off)."""
+        piou, stab = (
+            thresholds if thresholds is not None else (self.pred_iou_thresh, self.stability_score_thresh)
+        )
         return process_batch(
             d,
             prompt_xy,
@@ -282,8 +297,8 @@ class AutomaticMaskGenerator:
             original_hw,
             emb,
             self.quality_score,
-            self.pred_iou_thresh,
-            self.stability_score_thresh,
+            piou,
+            stab,
             self.upscale_chunk_bytes,
             st,
         )
@@ -331,8 +346,9 @@ class AutomaticMaskGenerator:
         return_stats: bool,
         box_prompts: NDArray[np.float64] | None = None,
         box_scores: NDArray[np.float64] | None = None,
+        small_regions: bool = True,
     ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
-        if self.min_mask_region_area > 0:
+        if small_regions and self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )
