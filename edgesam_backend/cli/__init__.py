@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgesam", description="EdgeSAM engine, exports and tools", formatter_class=HelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="`edgesam COMMAND --help` lists its options"
+    )
     engine.register_predict_export(sub)
     training.register(sub)
     engine.register_weights(sub)

@@ -88,7 +88,14 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
         "--calibration-images",
         type=Path,
         metavar="DIR",
-        help="images to calibrate the int8 encoder on and to measure its agreement (needed by --int8)",
+        help="images to calibrate the int8 encoder on (needed by --int8); every 4th is held out to measure "
+        "its agreement with fp32 unless --agreement-images is given",
+    )
+    e.add_argument(
+        "--agreement-images",
+        type=Path,
+        metavar="DIR",
+        help="images (not used for calibration) to measure the int8 encoder's agreement on",
     )
     e.set_defaults(func=cmd_export)
 
@@ -185,8 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError("export needs PyTorch: pip install 'edgesam-backend[torch]'") from None
     if args.int8 and args.calibration_images is None:
         raise CliError("--int8 needs --calibration-images DIR (images to calibrate the int8 encoder on)")
-    if args.calibration_images is not None and not args.int8:
-        raise CliError("--calibration-images is only used with --int8")
+    if (args.calibration_images is not None or args.agreement_images is not None) and not args.int8:
+        raise CliError("--calibration-images / --agreement-images are only used with --int8")
     try:
         ckpt = weights.checkpoint_path(args.checkpoint)
         res = export_onnx(
@@ -206,29 +213,50 @@ def cmd_export(args: argparse.Namespace) -> int:
         "decoder_max_abs_diff": res.decoder_max_abs_diff,
     }
     if args.int8:
-        summary["int8"] = _export_int8(res.encoder_path, res.decoder_path, args.calibration_images)
+        summary["int8"] = _export_int8(
+            res.encoder_path, res.decoder_path, args.calibration_images, args.agreement_images
+        )
     print(json.dumps(summary))
     return 0
 
 
-def _export_int8(encoder: Path, decoder: Path, image_dir: Path) -> dict[str, Any]:
-    """``encoder.int8.onnx`` next to ``encoder`` plus its agreement with fp32 on the same images."""
-    from ..export.agreement import agreement, record_agreement
+def _export_int8(
+    encoder: Path, decoder: Path, image_dir: Path, agreement_dir: Path | None = None
+) -> dict[str, Any]:
+    """``encoder.int8.onnx`` next to ``encoder`` plus its agreement with fp32, measured on images it was
+    not calibrated on: ``agreement_dir``, else every 4th image of ``image_dir`` held out (with a single
+    image, that image, and the report says so)."""
+    from ..export.agreement import agreement, record_agreement, split_held_out
     from ..export.calibration import list_images
     from ..export.int8 import QuantizationError, quantize_encoder
     from ..runtime.predictor import OnnxPredictor
 
     try:
         images = list_images(image_dir)
-        int8_path = quantize_encoder(encoder, encoder.with_name(INT8_ENCODER_FILE), images)
-        agree = agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(int8_path, decoder), images)
+        if agreement_dir is not None:
+            calib, held = images, list_images(agreement_dir)
+            held = [p for p in held if p.resolve() not in {c.resolve() for c in calib}]
+            if not held:
+                raise ValueError(f"--agreement-images {agreement_dir} holds only calibration images")
+            where = f"{len(held)} images of {agreement_dir} (not used for calibration)"
+        else:
+            calib, held = split_held_out(images)
+            where = (
+                f"{len(held)} held-out images of {image_dir} (every 4th; not used for calibration)"
+                if held != calib
+                else "the single calibration image (give more images, or --agreement-images, to measure "
+                "on images not used for calibration)"
+            )
+        int8_path = quantize_encoder(encoder, encoder.with_name(INT8_ENCODER_FILE), calib)
+        agree = agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(int8_path, decoder), held)
+        agree["held_out"] = held != calib
         record_agreement(int8_path, agree)
     except (ValueError, QuantizationError) as exc:
         raise CliError(f"int8 export: {exc}") from None
     return {
         "encoder": str(int8_path),
-        "calibration_images": len(images),
-        "agreement_images": "the calibration images",
+        "calibration_images": len(calib),
+        "agreement_images": where,
         "agreement": agree,
         # int8 stays opt-in (load_predictor(int8=True)); recommended only at mean best-mask IoU >= 0.95
         "recommended": bool(agree["passes"]),
@@ -239,7 +267,9 @@ def _export_int8(encoder: Path, decoder: Path, image_dir: Path) -> dict[str, Any
 def register_weights(sub: argparse._SubParsersAction) -> None:
     """``weights fetch|list|path``: exit 0 on success, 1 for ``path`` of an uncached model, 2 on errors."""
     wp = sub.add_parser("weights", help="named checkpoints: fetch, list, path")
-    actions = wp.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
+    actions = wp.add_subparsers(
+        dest="weights_action", metavar="ACTION", required=True, help="fetch, list or path"
+    )
     names = ", ".join(weights.MODELS)
 
     f = actions.add_parser("fetch", help="download a checkpoint into the cache (if needed)")

@@ -107,6 +107,19 @@ def agreement(
     }
 
 
+def split_held_out(images: Sequence[Path], fraction: float = 0.25) -> tuple[list[Path], list[Path]]:
+    """``(calibration, held_out)``: every ``round(1 / fraction)``-th image (at least one) is held out for
+    measuring agreement on images the int8 encoder was not calibrated on. With a single image there is
+    nothing to hold out: both lists are that image (the caller reports it)."""
+    imgs = list(images)
+    if len(imgs) < 2:
+        return imgs, imgs
+    step = max(2, round(1 / fraction))
+    held = imgs[step - 1 :: step] or imgs[-1:]
+    calib = [p for p in imgs if p not in held]
+    return calib, held
+
+
 def record_agreement(path: str | os.PathLike[str], result: dict[str, Any]) -> None:
     """Store an :func:`agreement` summary in the int8 model's metadata (``edgesam.int8.*``), atomically."""
     p = Path(path)
@@ -115,6 +128,7 @@ def record_agreement(path: str | os.PathLike[str], result: dict[str, Any]) -> No
         "edgesam.int8.min_iou": f"{result['min_iou']:.6f}",
         "edgesam.int8.embedding_rel_error": f"{result['embedding_rel_error']['mean']:.6f}",
         "edgesam.int8.agreement_images": str(result["num_images"]),
+        "edgesam.int8.agreement_held_out": str(bool(result.get("held_out", False))).lower(),
         "edgesam.int8.passes": str(bool(result["passes"])).lower(),
     }
     update_metadata(p, values)
