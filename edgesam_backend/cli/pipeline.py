@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PipelineInterrupted as exc:
         print(json.dumps(exc.summary))
         print(f"edgesam: {exc}", file=sys.stderr)
+        if threading.active_count() > 1:
+            # abandoned images' threads may still be inside onnxruntime: interpreter shutdown under them
+            # aborts the process, so leave now (the store is released, results are atomic)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except PipelineStopped as exc:
         print(json.dumps(exc.summary))

@@ -185,6 +185,13 @@ def run_local(
         deadline = time.monotonic() + INTERRUPT_GRACE_S
         for t in threads_list:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        while True:  # report what finished meanwhile, so the caller knows what was kept
+            try:
+                out = outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if out is not _DONE:
+                on_outcome(out)
         raise
     finally:
         stop.set()
