@@ -47,6 +47,20 @@ def _r(v: float) -> float:
     return round(float(v), 1)
 
 
+def _region(rid: str, kind: str, value: dict[str, object], w: int, h: int) -> dict[str, object]:
+    """A Label Studio annotation region of ``kind`` on a ``w`` x ``h`` image (``value`` in percent)."""
+    return {
+        "id": rid,
+        "type": kind,
+        "from_name": "tag",
+        "to_name": "image",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": value,
+    }
+
+
 def write_example_image() -> dict[str, object]:
     """``examples/shapes.jpg`` and the point (x, y) inside its largest object (for the README)."""
     s = make_image(np.random.default_rng(15), 480, 640, max_objects=5)
@@ -91,37 +105,12 @@ def write_pipeline_samples() -> dict[str, object]:
                     "score": round(0.95 - 0.2 * j, 2),
                 }
             )
-            common = {"original_width": w, "original_height": h, "image_rotation": 0, "from_name": "tag"}
-            regions.append(
-                {
-                    "id": f"r{i}-{j}",
-                    "type": "rectanglelabels",
-                    "to_name": "image",
-                    **common,
-                    "value": {
-                        "x": round(100 * x0 / w, 4),
-                        "y": round(100 * y0 / h, 4),
-                        "width": round(100 * (x1 - x0) / w, 4),
-                        "height": round(100 * (y1 - y0) / h, 4),
-                        "rotation": 0,
-                        "rectanglelabels": [kind],
-                    },
-                }
-            )
-            regions.append(
-                {
-                    "id": f"k{i}-{j}",
-                    "type": "keypointlabels",
-                    "to_name": "image",
-                    **common,
-                    "value": {
-                        "x": round(100 * px / w, 4),
-                        "y": round(100 * py / h, 4),
-                        "width": 0.5,
-                        "keypointlabels": [kind],
-                    },
-                }
-            )
+            pct = {"x": round(100 * x0 / w, 4), "y": round(100 * y0 / h, 4)}
+            size = {"width": round(100 * (x1 - x0) / w, 4), "height": round(100 * (y1 - y0) / h, 4)}
+            rect = {**pct, **size, "rotation": 0, "rectanglelabels": [kind]}
+            point = {"x": round(100 * px / w, 4), "y": round(100 * py / h, 4), "width": 0.5}
+            regions.append(_region(f"r{i}-{j}", "rectanglelabels", rect, w, h))
+            regions.append(_region(f"k{i}-{j}", "keypointlabels", {**point, "keypointlabels": [kind]}, w, h))
         tasks.append(
             {
                 "id": 11 + i,
