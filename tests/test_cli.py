@@ -120,7 +120,6 @@ def test_predict_backends_agree(tmp_path, capsys, onnx_dir):
     ("args", "message"),
     [
         (["--onnx-dir", "{onnx}"], "at least one --point"),
-        (["--point", "1,2,1"], "give --checkpoint"),
         (["--onnx-dir", "{tmp}", "--point", "1,2,1"], "lacks"),
         (
             ["--onnx-dir", "{onnx}", "--point", "1,2,1", "--mask-input", "{tmp}/missing.npy"],

@@ -57,43 +57,13 @@ def image_size(name: str) -> tuple[int, int]:
         return im.size
 
 
-def write_coco(path: Path, names: list[str]) -> Path:
-    """COCO boxes over the shared images: a centre box ('thing'), a corner box with a keypoint ('stuff')."""
-    doc = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": 3, "name": "thing"}, {"id": 9, "name": "stuff"}],
-    }
-    for i, name in enumerate(names):
-        w, h = image_size(name)
-        doc["images"].append({"id": 100 + i, "file_name": name, "width": w, "height": h})
-        doc["annotations"].append(
-            {
-                "id": 1000 + 2 * i,
-                "image_id": 100 + i,
-                "category_id": 3,
-                "bbox": [w * 0.3, h * 0.3, w * 0.4, h * 0.4],
-            }
-        )
-        doc["annotations"].append(
-            {
-                "id": 1001 + 2 * i,
-                "image_id": 100 + i,
-                "category_id": 9,
-                "bbox": [0, 0, w * 0.3, h * 0.35],
-                "keypoints": [w * 0.1, h * 0.1, 2],
-            }
-        )
-    path.write_text(json.dumps(doc))
-    return path
-
-
 # --- the example pipelines ---------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    """As written: the bundled pipelines/samples/images (no EDGESAM_IMAGES)."""
+    monkeypatch.delenv("EDGESAM_IMAGES", raising=False)
     out = tmp_path / "quick"
     args = [
         "run",
@@ -107,7 +77,7 @@ def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
     ]
     rc, summary, err = run_main(args, capsys)
     assert rc == 0, err
-    n = len(ALL_IMAGES)
+    n = len(list((EXAMPLES / "samples" / "images").glob("*.jpg")))
     assert summary["images"] == summary["processed"] == n and summary["failed"] == 0
     assert summary["device"] == "cpu" and summary["providers"] == ["CPUExecutionProvider"]
     assert "img/s" in err and "ETA" in err
@@ -130,26 +100,31 @@ def test_example_quickstart(model_env, tmp_path, monkeypatch, capsys):
     assert rc == 2 and "unknown device 'gpu'" in err
 
 
+SAMPLES = EXAMPLES / "samples"
+SAMPLE_COCO = json.loads((SAMPLES / "instances.json").read_text())
+SAMPLE_NAMES = {c["id"]: c["name"] for c in SAMPLE_COCO["categories"]}
+
+
 @pytest.mark.slow
 def test_example_boxes_from_coco(model_env, tmp_path, monkeypatch, capsys):
-    coco_in = write_coco(tmp_path / "instances.json", ALL_IMAGES)
-    monkeypatch.setenv("EDGESAM_COCO", str(coco_in))
-    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    """As written: the bundled pipelines/samples/instances.json (no EDGESAM_COCO / EDGESAM_IMAGES)."""
+    monkeypatch.delenv("EDGESAM_COCO", raising=False)
+    monkeypatch.delenv("EDGESAM_IMAGES", raising=False)
     out = tmp_path / "boxes"
     rc, summary, err = run_main(
         ["run", str(EXAMPLES / "boxes_from_coco.yaml"), "--output-dir", str(out)], capsys
     )
     assert rc == 0, err
-    assert summary["processed"] == len(ALL_IMAGES) and summary["masks"] > 0
+    n = len(SAMPLE_COCO["images"])
+    assert summary["processed"] == n and summary["masks"] == len(SAMPLE_COCO["annotations"])
     coco = COCO(str(out / "coco_masks.json"))
-    src = json.loads(coco_in.read_text())
-    assert sorted(coco.imgs) == sorted(im["id"] for im in src["images"])
-    assert {c["id"]: c["name"] for c in coco.dataset["categories"]} == {3: "thing", 9: "stuff"}
+    assert sorted(coco.imgs) == sorted(im["id"] for im in SAMPLE_COCO["images"])
+    assert {c["id"]: c["name"] for c in coco.dataset["categories"]} == SAMPLE_NAMES
     ann = coco.dataset["annotations"][0]
     assert ann["area"] == int(coco.annToMask(ann).sum()) and 0 <= ann["score"] <= 1
     assert COCO(str(out / "coco_polygons.json")).dataset["annotations"]
-    labels = sorted((out / "yolo" / "labels").glob("*.txt"))
-    assert len(labels) == len(ALL_IMAGES) and (out / "yolo" / "classes.txt").read_text() == "thing\nstuff\n"
+    labels = sorted((out / "yolo" / "labels").rglob("*.txt"))  # labels/images/<name>.txt
+    assert len(labels) == n
     # the per-image results say which prompt made each mask
     res = json.loads(next((out / ".edgesam" / "results").rglob("*.json")).read_text())
     kinds = {m["prompt"]["kind"] for m in res["masks"]}
@@ -158,91 +133,55 @@ def test_example_boxes_from_coco(model_env, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_example_labelstudio_preannotation(model_env, tmp_path, monkeypatch, capsys):
+    """As written: the bundled images + detections (matched by file name, labelled by category name)."""
     from edgesam_backend.formats.labelstudio.rle import rle_to_mask
 
-    dets = []
-    for name in ALL_IMAGES[:6]:
-        w, h = image_size(name)
-        stem = Path(name).stem
-        dets.append(
-            {"image_id": stem, "category_id": 1, "bbox": [w * 0.2, h * 0.2, w * 0.5, h * 0.5], "score": 0.9}
-        )
-        dets.append({"image_id": stem, "category_id": 2, "bbox": [0, 0, w * 0.2, h * 0.2], "score": 0.1})
-    (tmp_path / "dets.json").write_text(json.dumps(dets))
-    monkeypatch.setenv("EDGESAM_DETECTIONS", str(tmp_path / "dets.json"))
-    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    for var in ("EDGESAM_DETECTIONS", "EDGESAM_IMAGES", "EDGESAM_DETECTIONS_IMAGES"):
+        monkeypatch.delenv(var, raising=False)
     out = tmp_path / "ls"
     rc, summary, err = run_main(
         ["run", str(EXAMPLES / "labelstudio_preannotate.yaml"), "--output-dir", str(out)], capsys
     )
     assert rc == 0, err
-    assert summary["images"] == len(ALL_IMAGES)
+    assert summary["images"] == len(SAMPLE_COCO["images"]) and summary["failed"] == 0
     tasks = json.loads((out / "labelstudio_tasks.json").read_text())
-    assert len(tasks) == len(ALL_IMAGES)
-    with_preds = [t for t in tasks if t["predictions"][0]["result"]]
-    assert 1 <= len(with_preds) <= 6  # min_score 0.3 dropped the second box of every image
-    r = with_preds[0]["predictions"][0]["result"][0]
-    assert r["value"]["brushlabels"] == ["1"] and r["to_name"] == "image"
-    assert with_preds[0]["data"]["image"].startswith("/data/local-files/?d=images/")
-    mask = rle_to_mask(r["value"]["rle"], r["original_height"], r["original_width"])
-    assert mask.any()
+    dets = json.loads((SAMPLES / "detections.json").read_text())
+    for t in tasks:
+        name = t["data"]["image"].rsplit("/", 1)[-1]
+        assert t["data"]["image"] == f"/data/local-files/?d=images/{name}"
+        im = next(i for i in dets["images"] if i["file_name"].endswith("/" + name))
+        # min_score 0.3 drops the weakest detections; mask NMS may merge doubled ones
+        want = {
+            SAMPLE_NAMES[d["category_id"]]
+            for d in dets["annotations"]
+            if d["image_id"] == im["id"] and d["score"] >= 0.3
+        }
+        got = {r["value"]["brushlabels"][0] for r in t["predictions"][0]["result"]}
+        assert got and got <= want
+        r = t["predictions"][0]["result"][0]
+        assert r["to_name"] == "image" and (im["width"], im["height"]) == (
+            r["original_width"],
+            r["original_height"],
+        )
+        assert rle_to_mask(r["value"]["rle"], r["original_height"], r["original_width"]).any()
 
 
 @pytest.mark.slow
 def test_example_labelstudio_boxes_to_brush(model_env, tmp_path, monkeypatch, capsys):
-    tasks = []
-    for i, name in enumerate(ALL_IMAGES[:3]):
-        w, h = image_size(name)
-        tasks.append(
-            {
-                "id": 500 + i,
-                "data": {"image": f"/data/local-files/?d=shared/images/{name}"},
-                "annotations": [
-                    {
-                        "result": [
-                            {
-                                "id": f"r{i}",
-                                "type": "rectanglelabels",
-                                "original_width": w,
-                                "original_height": h,
-                                "value": {
-                                    "x": 20,
-                                    "y": 20,
-                                    "width": 50,
-                                    "height": 50,
-                                    "rotation": 0,
-                                    "rectanglelabels": ["car"],
-                                },
-                            },
-                            {
-                                "id": f"k{i}",
-                                "type": "keypointlabels",
-                                "original_width": w,
-                                "original_height": h,
-                                "value": {"x": 40, "y": 40, "width": 1, "keypointlabels": ["car"]},
-                            },
-                        ]
-                    }
-                ],
-            }
-        )
-    (tmp_path / "export.json").write_text(json.dumps(tasks))
-    monkeypatch.setenv("EDGESAM_LS_EXPORT", str(tmp_path / "export.json"))
-    monkeypatch.setenv("EDGESAM_IMAGES", str(IMAGES))
+    """As written: the bundled Label Studio export (rectangles + keypoints on local-files URLs)."""
+    monkeypatch.delenv("EDGESAM_LS_EXPORT", raising=False)
+    monkeypatch.delenv("EDGESAM_IMAGES", raising=False)
+    tasks = json.loads((SAMPLES / "labelstudio_export.json").read_text())
     out = tmp_path / "brush"
     rc, summary, err = run_main(
         ["run", str(EXAMPLES / "labelstudio_boxes_to_brush.yaml"), "--output-dir", str(out)], capsys
     )
     assert rc == 0, err
-    assert summary["masks"] == 3
+    n_rects = sum(r["type"] == "rectanglelabels" for t in tasks for r in t["annotations"][0]["result"])
+    assert summary["masks"] == n_rects  # each keypoint joined the rectangle of its label
     got = json.loads((out / "labelstudio_predictions.json").read_text())
-    assert [t["meta"]["source_task_id"] for t in got] == [500, 501, 502]
+    assert [t["meta"]["source_task_id"] for t in got] == [t["id"] for t in tasks]
     assert all(t["data"] == src["data"] for t, src in zip(got, tasks, strict=True))
-    # the keypoint joined its rectangle: one prompt (box + point) per task
-    assert all(len(t["predictions"][0]["result"]) == 1 for t in got)
-    res = json.loads(next((out / ".edgesam" / "results").rglob("*.json")).read_text())
-    (m,) = res["masks"]
-    assert m["prompt"]["box"] and m["prompt"]["points"] and m["label"] == "car"
 
 
 # --- resume: kill -9 mid-run -------------------------------------------------------------------------

@@ -295,7 +295,10 @@ def test_cli_export_int8(tmp_path: Path, capsys):
     summary = json.loads(capsys.readouterr().out)
     q = summary["int8"]
     assert q["encoder"] == str(out / INT8_ENCODER_FILE) and is_int8_model(out / INT8_ENCODER_FILE)
-    assert q["calibration_images"] == 2 and q["agreement"]["num_images"] == 2
+    # one image calibrates, the other (held out) measures the agreement
+    assert q["calibration_images"] == 1 and q["agreement"]["num_images"] == 1
+    assert q["agreement"]["held_out"] and "held-out" in q["agreement_images"]
+    assert list(q["agreement"]["per_image"]) == ["2.jpeg"]
     assert 0.0 <= q["agreement"]["mean_iou"] <= 1.0
     assert q["recommended"] == (q["agreement"]["mean_iou"] >= 0.95)
     meta = {p.key: p.value for p in onnx.load(str(out / INT8_ENCODER_FILE)).metadata_props}

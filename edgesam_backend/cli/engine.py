@@ -15,12 +15,24 @@ from .. import weights
 from ..runtime.model_files import INT8_ENCODER_FILE
 from .common import CliError, add_device_argument, parse_box, parse_point
 
+#: ``edgesam predict``'s model when neither ``--checkpoint`` nor ``--onnx-dir`` is given.
+DEFAULT_CHECKPOINT = "edge_sam_3x"
+
 
 def register_predict_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment one image from point/box/mask prompts")
     p.add_argument("image", type=Path, help="image file (EXIF orientation is applied)")
-    p.add_argument("--checkpoint", help="checkpoint path or model name (edge_sam, edge_sam_3x)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="onnx")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint path or model name (edge_sam, edge_sam_3x); default: edge_sam_3x, unless "
+        "--onnx-dir is given",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="onnx",
+        help="onnxruntime (no torch needed) or the PyTorch model",
+    )
     p.add_argument("--onnx-dir", type=Path, help="directory with encoder.onnx and decoder.onnx")
     p.add_argument(
         "--point",
@@ -51,14 +63,16 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("export", help="export encoder.onnx and decoder.onnx from a checkpoint")
     e.add_argument("--checkpoint", required=True, help="checkpoint path or model name")
-    e.add_argument("--out", type=Path, required=True, metavar="DIR")
+    e.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory for encoder.onnx + decoder.onnx"
+    )
     e.add_argument(
         "--upsample",
         choices=("bicubic", "bilinear"),
         default="bicubic",
         help="fuse-neck upsampling (bicubic as trained; bilinear as the official export)",
     )
-    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     e.add_argument("--no-validate", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     e.add_argument(
         "--plain-decoder",
@@ -80,7 +94,14 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
         "--calibration-images",
         type=Path,
         metavar="DIR",
-        help="images to calibrate the int8 encoder on and to measure its agreement (needed by --int8)",
+        help="images to calibrate the int8 encoder on (needed by --int8); every 4th is held out to measure "
+        "its agreement with fp32 unless --agreement-images is given",
+    )
+    e.add_argument(
+        "--agreement-images",
+        type=Path,
+        metavar="DIR",
+        help="images (not used for calibration) to measure the int8 encoder's agreement on",
     )
     e.set_defaults(func=cmd_export)
 
@@ -109,8 +130,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.point and args.box is None:
         raise CliError("give at least one --point X,Y,LABEL or a --box X0,Y0,X1,Y1")
-    if args.checkpoint is None and args.onnx_dir is None:
-        raise CliError("give --checkpoint (path or model name), or --onnx-dir for the onnx backend")
+    checkpoint = args.checkpoint
+    if checkpoint is None and (args.onnx_dir is None or args.backend == "torch"):
+        checkpoint = DEFAULT_CHECKPOINT
     mask_input = None
     if args.mask_input is not None:
         try:
@@ -121,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         image = load_image(args.image)
         t0 = time.perf_counter()
         predictor = load_predictor(
-            args.checkpoint,
+            checkpoint,
             backend=args.backend,
             onnx_dir=args.onnx_dir,
             threads=args.threads,
@@ -178,6 +200,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError("--int8 needs --calibration-images DIR (images to calibrate the int8 encoder on)")
     if args.calibration_images is not None and not (args.int8 or args.fp16):
         raise CliError("--calibration-images is only used with --int8 / --fp16")
+    if args.agreement_images is not None and not args.int8:
+        raise CliError("--agreement-images is only used with --int8")
     try:
         ckpt = weights.checkpoint_path(args.checkpoint)
         res = export_onnx(
@@ -197,31 +221,52 @@ def cmd_export(args: argparse.Namespace) -> int:
         "decoder_max_abs_diff": res.decoder_max_abs_diff,
     }
     if args.int8:
-        summary["int8"] = _export_int8(res.encoder_path, res.decoder_path, args.calibration_images)
+        summary["int8"] = _export_int8(
+            res.encoder_path, res.decoder_path, args.calibration_images, args.agreement_images
+        )
     if args.fp16:
         summary["fp16"] = _export_fp16(res.encoder_path, res.decoder_path, args.calibration_images)
     print(json.dumps(summary))
     return 0
 
 
-def _export_int8(encoder: Path, decoder: Path, image_dir: Path) -> dict[str, Any]:
-    """``encoder.int8.onnx`` next to ``encoder`` plus its agreement with fp32 on the same images."""
-    from ..export.agreement import agreement, record_agreement
+def _export_int8(
+    encoder: Path, decoder: Path, image_dir: Path, agreement_dir: Path | None = None
+) -> dict[str, Any]:
+    """``encoder.int8.onnx`` next to ``encoder`` plus its agreement with fp32, measured on images it was
+    not calibrated on: ``agreement_dir``, else every 4th image of ``image_dir`` held out (with a single
+    image, that image, and the report says so)."""
+    from ..export.agreement import agreement, record_agreement, split_held_out
     from ..export.calibration import list_images
     from ..export.int8 import QuantizationError, quantize_encoder
     from ..runtime.predictor import OnnxPredictor
 
     try:
         images = list_images(image_dir)
-        int8_path = quantize_encoder(encoder, encoder.with_name(INT8_ENCODER_FILE), images)
-        agree = agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(int8_path, decoder), images)
+        if agreement_dir is not None:
+            calib, held = images, list_images(agreement_dir)
+            held = [p for p in held if p.resolve() not in {c.resolve() for c in calib}]
+            if not held:
+                raise ValueError(f"--agreement-images {agreement_dir} holds only calibration images")
+            where = f"{len(held)} images of {agreement_dir} (not used for calibration)"
+        else:
+            calib, held = split_held_out(images)
+            where = (
+                f"{len(held)} held-out images of {image_dir} (every 4th; not used for calibration)"
+                if held != calib
+                else "the single calibration image (give more images, or --agreement-images, to measure "
+                "on images not used for calibration)"
+            )
+        int8_path = quantize_encoder(encoder, encoder.with_name(INT8_ENCODER_FILE), calib)
+        agree = agreement(OnnxPredictor(encoder, decoder), OnnxPredictor(int8_path, decoder), held)
+        agree["held_out"] = held != calib
         record_agreement(int8_path, agree)
     except (ValueError, QuantizationError) as exc:
         raise CliError(f"int8 export: {exc}") from None
     return {
         "encoder": str(int8_path),
-        "calibration_images": len(images),
-        "agreement_images": "the calibration images",
+        "calibration_images": len(calib),
+        "agreement_images": where,
         "agreement": agree,
         # int8 stays opt-in (load_predictor(int8=True)); recommended only at mean best-mask IoU >= 0.95
         "recommended": bool(agree["passes"]),
@@ -269,7 +314,9 @@ def _synthetic_image() -> Any:
 def register_weights(sub: argparse._SubParsersAction) -> None:
     """``weights fetch|list|path``: exit 0 on success, 1 for ``path`` of an uncached model, 2 on errors."""
     wp = sub.add_parser("weights", help="named checkpoints: fetch, list, path")
-    actions = wp.add_subparsers(dest="weights_action", metavar="ACTION", required=True)
+    actions = wp.add_subparsers(
+        dest="weights_action", metavar="ACTION", required=True, help="fetch, list or path"
+    )
     names = ", ".join(weights.MODELS)
 
     f = actions.add_parser("fetch", help="download a checkpoint into the cache (if needed)")
@@ -358,7 +405,7 @@ def cmd_weights_path(args: argparse.Namespace) -> int:
     try:
         path = weights.checkpoint_path(args.name, download=False)
     except weights.WeightsUnavailableError as exc:
-        print(f"edgesam: {exc}", file=sys.stderr)
+        print(f"edgesam: error: {exc}", file=sys.stderr)
         return 1
     except weights.WeightsError as exc:
         raise CliError(str(exc)) from None

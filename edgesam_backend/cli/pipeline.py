@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from ..pipeline import storage
-from .common import CliError, add_device_argument
+from .common import EXIT_INTERRUPTED, CliError, add_device_argument
 
 DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
 
@@ -31,10 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_device_argument(r)
     r.set_defaults(func=cmd_run)
-    v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files)")
-    v.add_argument("pipeline", type=Path)
+    v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files, model)")
+    v.add_argument("pipeline", type=Path, help="pipeline YAML")
     v.add_argument("--set", dest="overrides", **sets)
     v.add_argument("--no-check-paths", action="store_true", help="do not require input files to exist")
+    v.add_argument(
+        "--no-check-model",
+        action="store_true",
+        help="do not check that the model resolves (by default checked offline: files on disk, never "
+        "downloaded or exported; an uncached model is reported as not checked)",
+    )
     v.set_defaults(func=cmd_validate)
     s = sub.add_parser(
         "schema", help="write the pipeline JSON Schema (default: schemas/pipeline.schema.json)"
@@ -94,15 +102,33 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..pipeline.base import PipelineError
+    from ..pipeline.model_check import check_model
+
     pipe = _load(args)
     steps = [s.kind for s in pipe.steps]
+    checked = ["yaml", "env", "pydantic", "step order"]
+    if not args.no_check_paths:
+        checked.append("files")
+    checked.append("jsonschema")
+    model: dict[str, Any] = {"checked": False, "status": "skipped (--no-check-model)"}
+    if not args.no_check_model:
+        try:
+            model = check_model(pipe)
+        except PipelineError as exc:
+            raise CliError(str(exc)) from None
+        if model["checked"]:
+            checked.append("model")
+        else:
+            print(f"edgesam: warning: {model['message']}", file=sys.stderr)
     info: dict[str, Any] = {
         "valid": True,
         "pipeline": str(args.pipeline),
         "steps": steps,
         "executor": pipe.executor.type,
         "output_dir": pipe.output_dir,
-        "checked": ["yaml", "env", "pydantic", "step order", "files", "jsonschema"],
+        "checked": checked,
+        "model": model,
     }
     print(json.dumps(info))
     return 0
@@ -110,11 +136,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline.base import PipelineError
-    from ..pipeline.runner import OutputDirError, PipelineStopped, run_pipeline
+    from ..pipeline.runner import OutputDirError, PipelineInterrupted, PipelineStopped, run_pipeline
 
     pipe = _load(args)
     try:
         summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
+    except PipelineInterrupted as exc:
+        print(json.dumps(exc.summary))
+        print(f"edgesam: {exc}", file=sys.stderr)
+        if threading.active_count() > 1:
+            # abandoned images' threads may still be inside onnxruntime: interpreter shutdown under them
+            # aborts the process, so leave now (the store is released, results are atomic)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except PipelineStopped as exc:  # max_errors (1) or every image failed (3)
         print(json.dumps(exc.summary))
         print(f"edgesam: error: {exc}", file=sys.stderr)

@@ -25,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("synthetic-data", help="write a synthetic COCO dataset of shapes (boxes + masks)")
-    s.add_argument("out", type=Path)
-    s.add_argument("--num-images", type=int, default=200)
-    s.add_argument("--size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("out", type=Path, help="output directory (images/ + instances.json)")
+    s.add_argument("--num-images", type=int, default=200, help="number of images")
+    s.add_argument("--size", type=int, default=256, help="image side (pixels)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     s.set_defaults(func=cmd_synthetic_data)
 
     d = sub.add_parser(

@@ -107,6 +107,19 @@ def agreement(
     }
 
 
+def split_held_out(images: Sequence[Path], fraction: float = 0.25) -> tuple[list[Path], list[Path]]:
+    """``(calibration, held_out)``: every ``round(1 / fraction)``-th image (at least one) is held out for
+    measuring agreement on images the int8 encoder was not calibrated on. With a single image there is
+    nothing to hold out: both lists are that image (the caller reports it)."""
+    imgs = list(images)
+    if len(imgs) < 2:
+        return imgs, imgs
+    step = max(2, round(1 / fraction))
+    held = imgs[step - 1 :: step] or imgs[-1:]
+    calib = [p for p in imgs if p not in held]
+    return calib, held
+
+
 def record_agreement(path: str | os.PathLike[str], result: dict[str, Any], variant: str = "int8") -> None:
     """Store an :func:`agreement` summary in the model's metadata (``edgesam.<variant>.*``: ``int8``
     for the quantized encoder, ``fp16`` for the float16 files), atomically."""
@@ -116,6 +129,7 @@ def record_agreement(path: str | os.PathLike[str], result: dict[str, Any], varia
         f"edgesam.{variant}.min_iou": f"{result['min_iou']:.6f}",
         f"edgesam.{variant}.embedding_rel_error": f"{result['embedding_rel_error']['mean']:.6f}",
         f"edgesam.{variant}.agreement_images": str(result["num_images"]),
+        f"edgesam.{variant}.agreement_held_out": str(bool(result.get("held_out", False))).lower(),
         f"edgesam.{variant}.passes": str(bool(result["passes"])).lower(),
     }
     update_metadata(p, values)

@@ -60,7 +60,7 @@ def automatic_masks(
     if amg.strategy == "grid" and use_props and props is not None and len(props):
         nms = option(state, "box_nms_thresh", settings.amg_box_nms_thresh)
         top = props.top(max_regions, nms_thresh=nms)
-        records = amg.generate_from_boxes(emb, top.boxes, top.scores)
+        records = amg.generate_from_boxes(emb, top.boxes, top.scores, filter=True)
     else:
         records = amg.generate(emb)
     records = list(records)[:max_regions]

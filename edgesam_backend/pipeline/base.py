@@ -114,8 +114,9 @@ class PromptStep(Step):
     def check_model(self, info: ModelInfo) -> None:
         """Raise :class:`PipelineError` if the model cannot serve this step."""
 
-    def bind(self, items: list[ImageItem], categories: list[str]) -> None:
-        """Driver side, once before the run: attach per-image inputs to ``item.extra`` (e.g. detections)."""
+    def bind(self, items: list[ImageItem], categories: list[str], source_kind: str = "") -> None:
+        """Driver side, once before the run: attach per-image inputs to ``item.extra`` (e.g. detections).
+        ``source_kind``: the source step's kind (whether item ids are real ids or positions)."""
 
     def fingerprint(self, item: ImageItem) -> str:
         """A digest of the per-image prompt inputs (part of the result key); ``""`` when none."""

@@ -25,16 +25,44 @@ _EXECUTORS: dict[str, type[StrictModel]] = {"local": LocalExecutor, "ray": RayEx
 class YamlErrors:
     """Errors of one YAML file, each at the node of its pydantic-style location (deduplicated)."""
 
-    def __init__(self, path: Path, root: yaml.Node | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        root: yaml.Node | None,
+        overrides: dict[tuple[Any, ...], str] | None = None,
+        data: Any = None,
+    ) -> None:
         self.path, self.root = path, root
         self.lines: list[tuple[int, int, str]] = []
+        #: location set by ``--set`` → the argument (errors at or below it name the argument)
+        self.overrides = dict(overrides or {})
+        # the data after the overrides as a node tree: locates pydantic paths in what was validated
+        self._data_root = yaml.compose(yaml.safe_dump(data)) if self.overrides else None
+
+    def _override_at(self, loc: tuple[Any, ...]) -> tuple[str, list[Any]] | None:
+        """The ``--set`` argument that set ``loc`` (or a parent of it), and ``loc`` as shown."""
+        if not self.overrides:
+            return None
+        _, shown = node_at(self._data_root, loc)
+        for target, text in self.overrides.items():
+            if tuple(shown[: len(target)]) == target:
+                return text, shown
+        return None
 
     def where(self, loc: tuple[Any, ...]) -> str:
         """``file:line:col`` of the node at ``loc``."""
         return mark(self.path, node_at(self.root, loc)[0])[0]
 
     def add(self, loc: tuple[Any, ...], message: str, key_node: bool = False) -> None:
-        """Record ``message`` at ``loc`` (at the key itself with ``key_node``)."""
+        """Record ``message`` at ``loc`` (at the key itself with ``key_node``), or at the ``--set``
+        argument that wrote it."""
+        hit = self._override_at(loc)
+        if hit is not None:
+            text, shown = hit
+            entry = (0, 0, f"--set {text}: {'.'.join(map(str, shown))}: {message}")
+            if entry not in self.lines:
+                self.lines.append(entry)
+            return
         node, shown = node_at(self.root, loc, key_node=key_node)
         where, line, col = mark(self.path, node)
         key = ".".join(map(str, shown)) or "<root>"

@@ -6,7 +6,8 @@ message``:
    unset or empty, as in the shell); a *plain* (unquoted) scalar that is exactly one ``${...}`` takes the
    YAML type of its value (``points_per_side: ${PPS:-32}`` is an integer, ``${DIR:-}`` is null); quote it
    to keep a string (both done by :func:`edgesam_backend.yamlconfig.read_yaml`);
-3. ``--set key.path=value`` overrides (:mod:`.overrides`);
+3. ``--set key.path=value`` overrides (:mod:`.overrides`); errors in what they set name the ``--set``
+   argument instead of a YAML line;
 4. pydantic validation of the model built from the step registry (steps are a union discriminated on
    ``kind``; unknown keys are errors; input paths resolve against the YAML's directory and must exist);
 5. the step order and cross-step checks (:mod:`.checks`), each error at its step's line;
@@ -38,11 +39,10 @@ def load_pipeline(
     """Read, expand, override and validate a pipeline YAML (see the module docstring)."""
     p = Path(path)
     root, data = read_yaml(p, expected="model, output_dir, steps, ...")
-    for o in overrides:
-        apply_override(data, o)
+    set_at = {apply_override(data, o): o for o in overrides}
     reg = load_registry()
     model = pipeline_model()
-    errs = YamlErrors(p, root)
+    errs = YamlErrors(p, root, set_at, data)
     base_dir = p.resolve().parent
     try:
         pipe = model.model_validate(data, context={"base_dir": base_dir, "check_paths": check_paths})

@@ -14,6 +14,8 @@ keyed, so completion order does not matter. ``on_outcome`` is called in the call
 item; when it returns False the executor stops taking new images, finishes those in flight (already
 submitted to the reader pool: at most ``prefetch`` + 2 per worker) and returns; their results are stored
 (a re-run skips them) and their outcomes still reach ``on_outcome``.
+On Ctrl-C (``KeyboardInterrupt`` in the calling thread) it stops taking images, waits up to
+:data:`INTERRUPT_GRACE_S` for those in flight and re-raises; unfinished images leave no result.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .store import ResultStore
 from .worker import ImageProcessor, Outcome, read_item, short_error
 
 _DONE = object()
+#: Seconds Ctrl-C waits for images in flight before abandoning them (the threads are daemons).
+INTERRUPT_GRACE_S = 2.0
 
 
 def default_threads(workers: int) -> int:
@@ -154,6 +158,7 @@ def run_local(
     for t in threads_list:
         t.start()
     finished = 0
+    interrupted = False
     try:
         while finished < workers:
             out = outcomes.get()
@@ -162,10 +167,27 @@ def run_local(
                 continue
             if not on_outcome(out):
                 stop.set()
+    except KeyboardInterrupt:
+        # Ctrl-C: take no new images, wait briefly for the ones in flight, abandon the rest (results are
+        # written atomically, so an abandoned image leaves nothing behind and is redone next run)
+        interrupted = True
+        stop.set()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        for t in threads_list:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        while True:  # report what finished meanwhile, so the caller knows what was kept
+            try:
+                out = outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if out is not _DONE:
+                on_outcome(out)
+        raise
     finally:
         stop.set()
-        for t in threads_list:
-            t.join(timeout=60)
+        if not interrupted:
+            for t in threads_list:
+                t.join(timeout=60)
 
 
 __all__ = ["default_threads", "run_local"]

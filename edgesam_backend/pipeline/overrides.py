@@ -36,10 +36,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_override(data: dict[str, Any], text: str) -> None:
-    """Apply one ``--set`` override to the raw (expanded) data."""
+def apply_override(data: dict[str, Any], text: str) -> tuple[Any, ...]:
+    """Apply one ``--set`` override to the raw (expanded) data; returns the location it set, as a
+    pydantic-style path with list positions resolved (``("steps", 1, "points_per_side")``), so that
+    errors in the value name the ``--set`` argument instead of a YAML line."""
     parts, value = parse_override(text)
     cur: Any = data
+    loc: list[Any] = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if part.startswith("["):
@@ -56,6 +59,7 @@ def apply_override(data: dict[str, Any], text: str) -> None:
                 )
                 if idx < 0:
                     raise ConfigError(f"--set {text!r}: no step of kind {inner!r}")
+            loc.append(idx % len(cur))
             if last:
                 cur[idx] = value
             else:
@@ -63,10 +67,12 @@ def apply_override(data: dict[str, Any], text: str) -> None:
         else:
             if not isinstance(cur, dict):
                 raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i]) or '<root>'} is not a mapping")
+            loc.append(part)
             if last:
                 cur[part] = value
             else:
                 cur = cur.setdefault(part, {})
+    return tuple(loc)
 
 
 __all__ = ["apply_override", "parse_override"]

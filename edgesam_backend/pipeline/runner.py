@@ -82,12 +82,31 @@ def open_store(output_dir: str | Path, run_info: dict[str, Any]) -> ResultStore:
     return store
 
 
+class PipelineInterrupted(PipelineError):
+    """Ctrl-C during a run: finished images are kept in the store; ``summary`` as far as it got."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+#: Appended to "not cached / cannot download" model errors: where a pipeline takes a local model.
+OFFLINE_ADVICE = (
+    "In a pipeline, point at a local copy: `model.checkpoint: /path/to/edge_sam_3x.pth` in the YAML, "
+    "EDGESAM_CHECKPOINT=/path/to/edge_sam_3x.pth (the examples read it), or "
+    "`--set model.checkpoint=/path/to/edge_sam_3x.pth`; or an exported ONNX directory: model.onnx_dir, "
+    "EDGESAM_ONNX_DIR or `--set model.onnx_dir=DIR`."
+)
+
+
 def resolve(cfg: ModelConfig) -> ResolvedModel:
     """The model of the config, by the one resolver (exporting once from a checkpoint if needed)."""
     from .. import weights
 
     try:
         return resolve_model(cfg.checkpoint, onnx_dir=cfg.onnx_dir, int8=cfg.int8, device=cfg.device)
+    except weights.WeightsUnavailableError as exc:
+        raise PipelineError(f"model: {exc} {OFFLINE_ADVICE}") from None
     except (EngineError, weights.WeightsError) as exc:
         raise PipelineError(f"model: {exc}") from None
 
@@ -201,7 +220,7 @@ def run_pipeline(
 
     check_unique_file_names(items)
     categories = prep.source.categories()
-    prep.prompt.bind(items, categories)
+    prep.prompt.bind(items, categories, prep.source.kind)
     model = resolve(pipe.model)
     encoder, decoder = model.encoder, model.decoder
     info = model_info(model)
@@ -253,23 +272,35 @@ def run_pipeline(
             return True
 
         t_proc = time.perf_counter()
-        if exec_cfg.type == "ray":
-            from .ray_executor import run_ray
+        try:
+            if exec_cfg.type == "ray":
+                from .ray_executor import run_ray
 
-            run_ray(plan, items, fingerprints, store, on_outcome, exec_cfg, model_threads=pipe.model.threads)
-        else:
-            from .local import run_local
+                run_ray(
+                    plan, items, fingerprints, store, on_outcome, exec_cfg, model_threads=pipe.model.threads
+                )
+            else:
+                from .local import run_local
 
-            run_local(
-                plan,
-                items,
-                fingerprints,
-                store,
-                on_outcome,
-                workers=exec_cfg.workers,
-                prefetch=exec_cfg.prefetch,
-                threads=pipe.model.threads,
-            )
+                run_local(
+                    plan,
+                    items,
+                    fingerprints,
+                    store,
+                    on_outcome,
+                    workers=exec_cfg.workers,
+                    prefetch=exec_cfg.prefetch,
+                    threads=pipe.model.threads,
+                )
+        except KeyboardInterrupt:
+            bar.close()
+            kept = sum(1 for k in keys.values() if store.has(k))
+            raise PipelineInterrupted(
+                f"interrupted: {bar.done} images finished in this run, {kept} of {len(items)} kept in "
+                f"{store.root}; nothing was exported. Run the same command again to resume (kept images "
+                "are skipped).",
+                {"status": "interrupted", "images": len(items), "processed": bar.done, "kept": kept},
+            ) from None
         proc_s = time.perf_counter() - t_proc
         bar.close()
 
@@ -391,8 +422,10 @@ def _export(
 __all__ = [
     "EXIT_ALL_FAILED",
     "EXIT_OUTPUT_DIR",
+    "OFFLINE_ADVICE",
     "OutputDirError",
     "PipelineFailed",
+    "PipelineInterrupted",
     "PipelineStopped",
     "config_hash",
     "instantiate",

@@ -21,6 +21,9 @@ BOX_LABELS = (2.0, 3.0)
 #: this bound keeps one decode's memory within a few MB of the one-point case. Servers set lower
 #: limits of their own (``EDGESAM_MAX_PROMPT_POINTS``).
 MAX_PROMPT_POINTS = 256
+#: How far (pixels) a point or box corner may lie outside ``[0, W] x [0, H]`` (annotation-tool rounding);
+#: anything further out is a :class:`PromptError`.
+OUTSIDE_TOLERANCE = 1.0
 
 
 class PromptError(ValueError):
@@ -52,6 +55,34 @@ def _as_points(point_coords: ArrayLike | None, point_labels: ArrayLike | None) -
     return coords, labels
 
 
+def check_inside(
+    point_coords: NDArray[np.float64],
+    point_labels: NDArray[np.float64],
+    box: NDArray[np.float64] | None,
+    original_hw: tuple[int, int],
+) -> None:
+    """Refuse a prompt outside the image: a positive/negative point ``(N, 2)`` or a box corner (XYXY
+    original-frame pixels) more than :data:`OUTSIDE_TOLERANCE` pixels outside ``[0, W] x [0, H]``.
+    Padding/dummy points (labels -1/-2) are not checked."""
+    h, w = int(original_hw[0]), int(original_hw[1])
+    tol = OUTSIDE_TOLERANCE
+
+    def outside(x: float, y: float) -> bool:
+        return not (-tol <= x <= w + tol and -tol <= y <= h + tol)
+
+    for (x, y), lab in zip(point_coords, point_labels, strict=True):
+        if lab in (0, 1) and outside(float(x), float(y)):
+            raise PromptError(
+                f"point ({x:g}, {y:g}) is outside the {w}x{h} image (x must be in 0..{w}, y in 0..{h}; "
+                "points are (x, y) pixels of the original image)"
+            )
+    if box is not None and (outside(float(box[0]), float(box[1])) or outside(float(box[2]), float(box[3]))):
+        raise PromptError(
+            f"box ({', '.join(f'{v:g}' for v in box)}) reaches outside the {w}x{h} image "
+            f"(x must be in 0..{w}, y in 0..{h}; boxes are x0, y0, x1, y1 pixels of the original image)"
+        )
+
+
 def pack_prompt(
     point_coords: ArrayLike | None,
     point_labels: ArrayLike | None,
@@ -69,8 +100,11 @@ def pack_prompt(
         ``coords (1, M, 2)`` float32 model frame and ``labels (1, M)`` float32: the points, then the
         box as two corners labelled 2/3; without a box a (0, 0) point labelled -1 is appended, as
         SAM's prompt encoder does.
+    Raises:
+        PromptError: malformed prompt, or a point/box outside the image (see :func:`check_inside`).
     """
     coords, labels = _as_points(point_coords, point_labels)
+    check_inside(coords, labels, None, original_hw)
     parts_c = [transforms.apply_coords(coords, original_hw, image_size)] if len(coords) else []
     parts_l = [labels.astype(np.float32)] if len(coords) else []
     if box is not None:
@@ -79,6 +113,7 @@ def pack_prompt(
             raise PromptError(f"box must be 4 finite numbers x0, y0, x1, y1; got {np.asarray(box).tolist()}")
         if b[2] < b[0] or b[3] < b[1]:
             raise PromptError(f"box must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1; got {b.tolist()}")
+        check_inside(coords, labels, b, original_hw)
         parts_c.append(transforms.apply_boxes(b, original_hw, image_size).reshape(2, 2))
         parts_l.append(np.array(BOX_LABELS, dtype=np.float32))
     elif not len(coords):
@@ -135,8 +170,10 @@ def prior_prompt(
 __all__ = [
     "BOX_LABELS",
     "MAX_PROMPT_POINTS",
+    "OUTSIDE_TOLERANCE",
     "POINT_LABELS",
     "PromptError",
+    "check_inside",
     "check_mask_input",
     "pack_prompt",
     "prior_prompt",

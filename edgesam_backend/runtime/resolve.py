@@ -190,6 +190,51 @@ def _locate(
     return (*_export(checkpoint, target), SOURCE_EXPORT)
 
 
+#: :func:`model_availability` outcomes.
+READY, NEEDS_EXPORT, NEEDS_DOWNLOAD = "ready", "export", "download"
+
+
+def model_availability(
+    checkpoint: str | os.PathLike[str] | None, onnx_dir: str | os.PathLike[str] | None = None
+) -> tuple[str, str]:
+    """What :func:`resolve_model` would do for these arguments, without downloading or exporting anything.
+
+    Returns ``(READY, directory)`` when the ONNX files are on disk, ``(NEEDS_EXPORT, target directory)``
+    when a local checkpoint will be exported on first use (PyTorch installed), ``(NEEDS_DOWNLOAD, URL)``
+    when a named model is not cached. Raises :class:`EngineError` / ``weights.WeightsError`` for what
+    cannot resolve at all (an ONNX directory without the files, a missing checkpoint file, an export
+    without PyTorch).
+    """
+    if checkpoint is None:
+        if onnx_dir is None:
+            raise EngineError("give a checkpoint (name or path) or an ONNX directory")
+        return READY, str(existing_onnx_files(onnx_dir)[0].parent)
+    target = Path(onnx_dir) if onnx_dir is not None else None
+    if target is not None and _has_onnx(target):
+        return READY, str(target)
+    name = os.fspath(checkpoint)
+    if _looks_like_name(checkpoint):
+        spec = weights.model_spec(name)
+        if target is None and not torch_available():
+            if _cached_export(name) is not None:
+                return READY, str(weights.onnx_cache_dir(weights.cached_path(name)))
+            official = weights.official_onnx_dir(name)
+            if all((official / f).is_file() for f in (spec.onnx_encoder, spec.onnx_decoder)):
+                return READY, str(official)
+            return NEEDS_DOWNLOAD, spec.onnx_url(spec.onnx_encoder)
+        ckpt = weights.cached_path(name)
+        if not ckpt.is_file():
+            return NEEDS_DOWNLOAD, spec.url
+    else:
+        ckpt = weights.checkpoint_path(checkpoint, download=False)
+    out = target if target is not None else weights.onnx_cache_dir(ckpt)
+    if _has_onnx(out):
+        return READY, str(out)
+    if not torch_available():
+        raise torch_missing(f"exporting ONNX for {ckpt} into {out}")
+    return NEEDS_EXPORT, str(out)
+
+
 def resolve_model(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
@@ -244,9 +289,13 @@ def resolve_model(
 
 
 __all__ = [
+    "NEEDS_DOWNLOAD",
+    "NEEDS_EXPORT",
+    "READY",
     "EngineError",
     "ResolvedModel",
     "existing_onnx_files",
+    "model_availability",
     "resolve_model",
     "torch_available",
 ]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,12 @@ from pydantic import Field
 
 from ...runtime import transforms
 from ...runtime.base import ImageEmbedding
+from ...runtime.prompts import PromptError, check_inside
 from ..base import ModelInfo, PipelineError, PromptStep, StepConfig
 from ..records import Annotation, ImageItem, Prompt, canonical_json, sha256_text
 from ..types import Fraction, InputFile, NonNegativeInt, PositiveInt
+
+log = logging.getLogger("edgesam_backend.pipeline")
 
 # --- prompt.grid -------------------------------------------------------------------------------------
 
@@ -231,15 +235,24 @@ class SourceBoxesPrompt(PromptStep):
 
 
 class DetectionsConfig(StepConfig):
-    """Boxes (and keypoints) from a detector's COCO results file: ``[{image_id, category_id, bbox: [x, y,
-    w, h], score, keypoints?}, ...]``. Image ids match the ``images`` COCO file's ids (its file names are
-    matched to the source's), else the source's ids (``source.coco``); a string ``image_id`` matches a file
-    name, its base name or stem. Category names come from ``images`` (else the source's categories, in id
-    order from 1; else the number)."""
+    """Boxes (and keypoints) from a detector's COCO results: ``[{image_id, category_id, bbox: [x, y, w, h],
+    score, keypoints?}, ...]``, or a COCO dict whose ``annotations`` carry scores (its ``images`` and
+    ``categories`` then map ids to file names and names).
+
+    Matching a detection to an image (never by position): a ``file_name`` in the detection; the image ids
+    of ``images`` (a COCO file: its file names are matched to the source's by path, then base name), else
+    of the detections file's own ``images``; a string ``image_id`` is a file name, base name or stem; an
+    integer ``image_id`` matches the source's ids only for ``source.coco`` / ``source.labelstudio`` (a
+    folder's images have no ids: give ``images``). Labels are category names from ``categories``, then
+    ``images``, the detections file, the source (``source.coco``); a category without a name is an error.
+    A box or keypoint more than 1 px outside the image it is applied to fails that image."""
 
     file: InputFile = Field(description="COCO results json (a list of detections)")
     images: InputFile | None = Field(
         None, description="COCO file mapping image ids to file names + categories"
+    )
+    categories: dict[int, str] | None = Field(
+        None, description="category id -> name (overrides the names from the files)"
     )
     min_score: Fraction = Field(0.0, description="drop detections below this score")
     top_k: PositiveInt | None = Field(None, description="at most this many detections per image (best first)")
@@ -248,12 +261,21 @@ class DetectionsConfig(StepConfig):
     min_box_size: float = Field(1.0, ge=0.0, description="drop boxes narrower/shorter than this (pixels)")
 
 
+#: Sources whose image ids are real ids (COCO image ids, Label Studio task ids), not positions.
+SOURCES_WITH_IDS = ("source.coco", "source.labelstudio")
+
+
 def _load(path: str, what: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError) as exc:
         raise PipelineError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _names(coco: Any) -> dict[Any, str]:
+    cats = coco.get("categories", []) if isinstance(coco, dict) else []
+    return {c["id"]: str(c.get("name", c["id"])) for c in cats if isinstance(c, dict) and "id" in c}
 
 
 class DetectionsPrompt(PromptStep):
@@ -265,31 +287,41 @@ class DetectionsPrompt(PromptStep):
         super().__init__(config, ctx)
         self.unmatched = 0
 
-    def bind(self, items: list[ImageItem], categories: list[str]) -> None:
+    def bind(self, items: list[ImageItem], categories: list[str], source_kind: str = "") -> None:
         c: DetectionsConfig = self.config
-        dets = _load(c.file, "detections file")
-        if isinstance(dets, dict) and isinstance(dets.get("annotations"), list):
-            dets = dets["annotations"]  # a COCO file with scores works too
+        doc = _load(c.file, "detections file")
+        dets = doc
+        if isinstance(doc, dict) and isinstance(doc.get("annotations"), list):
+            dets = doc["annotations"]  # a COCO file with scores works too
         if not isinstance(dets, list):
             raise self.error(f"{c.file} is not a COCO results list")
-        cat_names: dict[Any, str] = {i + 1: n for i, n in enumerate(categories)}
         by_key: dict[Any, ImageItem] = {}
         for it in items:
             for k in (it.file_name, posixpath.basename(it.file_name), Path(it.file_name).stem):
                 by_key.setdefault(k, it)
+
+        def by_name(fn: str) -> ImageItem | None:
+            return by_key.get(fn) or by_key.get(posixpath.basename(fn)) or by_key.get(Path(fn).stem)
+
+        mapping_doc = _load(c.images, "COCO images file") if c.images is not None else doc
+        has_mapping = isinstance(mapping_doc, dict) and isinstance(mapping_doc.get("images"), list)
         id_to_item: dict[Any, ImageItem] = {}
-        if c.images is not None:
-            coco = _load(c.images, "COCO images file")
-            cat_names = {
-                cat["id"]: str(cat.get("name", cat["id"])) for cat in coco.get("categories", [])
-            } or cat_names
-            for im in coco.get("images", []):
-                fn = str(im.get("file_name", ""))
-                it = by_key.get(fn) or by_key.get(posixpath.basename(fn))
+        if has_mapping:
+            for im in mapping_doc["images"]:
+                it = by_name(str(im.get("file_name", "")))
                 if it is not None:
                     id_to_item[im["id"]] = it
-        else:
+        # "" (a direct call without the source's kind): trust the ids, as before
+        ids_are_real = source_kind in SOURCES_WITH_IDS or not source_kind
+        if not has_mapping and ids_are_real:
             id_to_item = {it.id: it for it in items}
+        cat_names: dict[Any, str] = {}
+        if source_kind == "source.coco" or not source_kind:
+            cat_names.update({i + 1: n for i, n in enumerate(categories)})
+        cat_names.update(_names(doc))
+        if c.images is not None:
+            cat_names.update(_names(mapping_doc))
+        cat_names.update(c.categories or {})
         wanted = set(c.labels) if c.labels is not None else None
         per_item: dict[int, list[tuple[float, int, Annotation]]] = {}
         self.unmatched = 0
@@ -297,9 +329,18 @@ class DetectionsPrompt(PromptStep):
             if not isinstance(d, dict) or "bbox" not in d:
                 raise self.error(f"{c.file}: detection {n} has no bbox")
             iid = d.get("image_id")
-            it = id_to_item.get(iid)
-            if it is None and isinstance(iid, str):
-                it = by_key.get(iid) or by_key.get(posixpath.basename(iid)) or by_key.get(Path(iid).stem)
+            it = by_name(str(d["file_name"])) if d.get("file_name") else None
+            if it is None and iid is not None:
+                it = id_to_item.get(iid)
+                if it is None and not has_mapping and isinstance(iid, str | int):
+                    it = by_name(str(iid))  # a file name, or a number naming the file's stem ("7.jpg")
+                if it is None and isinstance(iid, int) and not has_mapping and not ids_are_real:
+                    raise self.error(
+                        f"{c.file}: detection {n} has image_id {iid}, but the images of "
+                        f"{source_kind or 'the source'} have no ids to match it to: give `images:` (the COCO "
+                        "file the detector ran on, mapping ids to file names; EDGESAM_DETECTIONS_IMAGES in "
+                        "the examples), or write file names as image_id"
+                    )
             if it is None:
                 self.unmatched += 1
                 continue
@@ -307,7 +348,15 @@ class DetectionsPrompt(PromptStep):
             if score < c.min_score:
                 continue
             cid = d.get("category_id")
-            label = cat_names.get(cid, str(cid)) if cid is not None else None
+            label = None
+            if cid is not None:
+                if cid not in cat_names:
+                    raise self.error(
+                        f"{c.file}: detection {n} has category_id {cid!r}, which has no name: give "
+                        "`images:` (a COCO file with categories), or `categories: {"
+                        f"{cid}: <name>}}`"
+                    )
+                label = cat_names[cid]
             if wanted is not None and label not in wanted:
                 continue
             pts: list[list[float]] = []
@@ -328,6 +377,8 @@ class DetectionsPrompt(PromptStep):
                 f"none of the {len(dets)} detections in {c.file} matched an image of the source "
                 "(check image ids, or give 'images': the COCO file the detector ran on)"
             )
+        if self.unmatched:
+            log.warning("%s: %d detections matched no image of the source", c.file, self.unmatched)
         for it in items:
             ranked = sorted(per_item.get(it.index, []), key=lambda t: (t[0], t[1]))
             if c.top_k is not None:
@@ -340,6 +391,20 @@ class DetectionsPrompt(PromptStep):
     def prompts(self, item: ImageItem, embedding: ImageEmbedding) -> list[Prompt]:
         c: DetectionsConfig = self.config
         anns = [Annotation.from_dict(a) for a in item.extra.get("detections", [])]
+        h, w = embedding.original_hw
+        for a in anns:
+            try:
+                check_inside(
+                    np.asarray(a.points, np.float64).reshape(-1, 2),
+                    np.ones(len(a.points)),
+                    None if a.box is None else np.asarray(a.box, np.float64),
+                    (h, w),
+                )
+            except PromptError as exc:
+                raise PipelineError(
+                    f"detection {a.ref} ({a.label}) does not fit {item.file_name}: {exc}; is it matched to "
+                    "the right image? (detections are matched by file name or the `images` mapping)"
+                ) from None
         return annotations_to_prompts(
             anns, embedding.original_hw, "detection", keypoints="separate", min_box_size=c.min_box_size
         )

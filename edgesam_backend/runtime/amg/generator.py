@@ -211,11 +211,16 @@ class AutomaticMaskGenerator(DecodeStages):
         boxes: ArrayLike,
         scores: ArrayLike | None = None,
         return_stats: bool = False,
+        *,
+        filter: bool = False,
     ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Proposal-prompted mode: one mask per XYXY box ``(K, 4)`` (original pixels), box prompts in
-        decoder batches of ``points_per_batch``, single-mask token (``num_multimask_outputs=1``), then
-        the same quality filter, NMS, small-region removal and records as :meth:`generate` (at most K
-        masks). ``scores`` (``(K,)``, e.g. proposal scores) are only carried into the records."""
+        """Boxes → masks: one mask per XYXY box ``(K, 4)`` (original pixels), in box order, box prompts in
+        decoder batches of ``points_per_batch``, single-mask token (``num_multimask_outputs=1``).
+
+        By default every box keeps its mask (K records; none dropped, even an empty one). ``filter=True``
+        (the proposal-prompted everything mode, :meth:`generate_from_proposals`) applies
+        :meth:`generate`'s quality filter, box NMS and small-region removal (at most K records).
+        ``scores`` (``(K,)``, e.g. proposal scores) are only carried into the records."""
         t0 = time.perf_counter()
         st = new_stats("boxes", self.quality_score)
         b, sc = check_boxes(boxes, scores)
@@ -226,10 +231,15 @@ class AutomaticMaskGenerator(DecodeStages):
         original_hw = tuple(int(v) for v in emb.original_hw)
         crop_box = [0, 0, original_hw[1], original_hw[0]]
         st["crops"] = 1
-        parts = self._box_parts(emb, b, crop_box, original_hw, st)
-        data = self._nms_within(Candidates.concat(parts), st)
+        thresholds = None if filter else (None, None)
+        parts = self._box_parts(emb, b, crop_box, original_hw, st, thresholds=thresholds)
+        data = Candidates.concat(parts)
+        if filter:
+            data = self._nms_within(data, st)
         st["after_crop_nms"] = len(data)
-        return self._finish(data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc)
+        return self._finish(
+            data, original_hw, st, t0, return_stats, box_prompts=b, box_scores=sc, small_regions=filter
+        )
 
     def generate_from_proposals(
         self,
@@ -253,7 +263,7 @@ class AutomaticMaskGenerator(DecodeStages):
                 "(edgesam train-rpn), or use generate() (point grid)"
             )
         props = emb.proposals.top(int(top_k), proposal_nms_thresh)
-        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True)
+        records, st = self.generate_from_boxes(emb, props.boxes, props.scores, return_stats=True, filter=True)
         st["encoder_calls"] += int(encoded)
         st["encoder_s"] += encode_s
         st["total_s"] = time.perf_counter() - t0  # wall time incl. encoding and proposal decoding
@@ -313,8 +323,9 @@ class AutomaticMaskGenerator(DecodeStages):
         return_stats: bool,
         box_prompts: NDArray[np.float64] | None = None,
         box_scores: NDArray[np.float64] | None = None,
+        small_regions: bool = True,
     ) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, Any]]:
-        if self.min_mask_region_area > 0:
+        if small_regions and self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
             )

@@ -83,7 +83,12 @@ class DecodeStages:
         original_hw: tuple[int, int],
         emb: ImageEmbedding,
         st: dict[str, Any],
+        thresholds: tuple[float | None, float | None] | None = None,
     ) -> Candidates:
+        """``thresholds``: ``(pred_iou, stability)`` instead of the generator's (``None`` in one: off)."""
+        piou, stab = (
+            thresholds if thresholds is not None else (self.pred_iou_thresh, self.stability_score_thresh)
+        )
         return process_batch(
             d,
             prompt_xy,
@@ -92,8 +97,8 @@ class DecodeStages:
             original_hw,
             emb,
             self.quality_score,
-            self.pred_iou_thresh,
-            self.stability_score_thresh,
+            piou,
+            stab,
             self.upscale_chunk_bytes,
             st,
         )
@@ -106,9 +111,10 @@ class DecodeStages:
         original_hw: tuple[int, int],
         st: dict[str, Any],
         coverage: CoverageMap | None = None,
+        thresholds: tuple[float | None, float | None] | None = None,
     ) -> list[Candidates]:
         """Box prompts ``(K, 4)`` XYXY (original pixels, whole-image crop) in decoder batches, token 0;
-        accepted masks are added to ``coverage`` when given."""
+        accepted masks are added to ``coverage`` when given; ``thresholds`` as in :meth:`_batch`."""
         parts = []
         for s in range(0, boxes.shape[0], self.points_per_batch):
             chunk = boxes[s : s + self.points_per_batch]
@@ -118,7 +124,7 @@ class DecodeStages:
             if coverage is not None:
                 self._accept(coverage, d)
             xy, index = np.full((chunk.shape[0], 2), np.nan), np.arange(s, s + chunk.shape[0])
-            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st))
+            parts.append(self._batch(d, xy, index, crop_box, original_hw, emb, st, thresholds))
         return parts
 
     def _point_parts(
