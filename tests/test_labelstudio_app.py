@@ -80,6 +80,8 @@ def _settings(files: Path, **kw) -> Settings:
         local_files_document_root=files,
         max_image_pixels=5_000_000,
         allowed_hosts=["down.test"],  # resolves nowhere: "unreachable"
+        preannotate="automatic",  # batch requests wait for the background result (scripts' mode)
+        preannotate_wait=120.0,
         **AMG,
     )
     base.update(kw)
@@ -154,7 +156,7 @@ def test_setup_rejects_what_it_cannot_serve(client) -> None:
         "/setup", json={"project": "2.1", "schema": '<View><Image name="i" value="$image"/></View>'}
     )
     assert r.status_code == 400
-    assert "no <BrushLabels> or <PolygonLabels>" in r.json()["detail"]
+    assert "no <BrushLabels>, <BitmaskLabels>, <PolygonLabels>" in r.json()["detail"]
     r = client.post(
         "/setup", json={"project": "2.1", "schema": CONFIG, "extra_params": {"mask_choice": "best"}}
     )
