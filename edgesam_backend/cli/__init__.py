@@ -1,7 +1,8 @@
 """The ``edgesam`` command line.
 
 Engine (:mod:`.engine`): ``predict``, ``export``, ``weights``. Serving (:mod:`.serve`): ``serve`` (Label
-Studio ML backend). Pipelines (:mod:`.pipeline`): ``run``, ``validate``, ``schema``. Training
+Studio ML backend); :mod:`.precompute`: ``precompute`` (fill the embedding store).
+Pipelines (:mod:`.pipeline`): ``run``, ``validate``, ``schema``. Training
 (:mod:`.training`): ``train-rpn``, ``synthetic-data``, ``distill``, ``eval``. Each command is one
 ``add_parser`` with ``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``.
 """
@@ -12,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import engine, pipeline, serve, training
+from . import engine, pipeline, precompute, serve, training
 from .common import EXIT_USAGE, CliError
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.register(sub)
     engine.register_weights(sub)
     serve.register(sub)
+    precompute.register(sub)
     pipeline.register(sub)
     return parser
 

@@ -73,6 +73,13 @@ class LabelStudioAPI:
         data = self._call("POST", "/api/predictions/", json=body).json()
         return int(data.get("id", 0)) if isinstance(data, dict) else 0
 
+    def project(self, project: int) -> dict[str, Any]:
+        """``GET /api/projects/{id}`` (its ``label_config`` among others)."""
+        data = self._call("GET", f"/api/projects/{int(project)}").json()
+        if not isinstance(data, dict):
+            raise LabelStudioAPIError(f"project {project}: unexpected answer {str(data)[:200]}")
+        return data
+
     def tasks(self, project: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every task of a project (``data``, ``annotations``, ``predictions`` expanded)."""
         page = 1
