@@ -30,24 +30,24 @@ from . import batch, interactive
 from .cache import EmbeddingLRU, SingleFlight, UrlIndex
 from .config import LabelConfig, LabelConfigError, parse_label_config
 from .context import parse_context, to_pixels
-from .errors import BackendError, BadRequest, Unprocessable
+from .errors import BadRequest, Unprocessable
 from .images import ImageFetcher, decode_image
 from .lsapi import LabelStudioAPI
 from .metrics import Metrics
-from .preannotate import Preannotator, job_key
+from .preannotate import Preannotator
 from .precompute import PrecomputeQueue
+from .prejobs import PreannotationJobs
 from .priority import Priority
 from .projects import Projects, ProjectState, option, parse_extra, project_key
 from .regions import mask_regions
 from .settings import MaskChoice, Settings
-from .task_prompts import TaskPrompt, prompts_fingerprint, task_prompts
 
 
 def _embedding_nbytes(e: ImageEmbedding) -> int:
     return int(e.embeddings.nbytes) + 1024
 
 
-class EdgeSAMBackend:
+class EdgeSAMBackend(PreannotationJobs):
     """Owns the predictor, the embedding cache and the image fetcher; thread-safe."""
 
     def __init__(
@@ -313,71 +313,6 @@ class EdgeSAMBackend:
 
         return batch.run_batch(tasks, self.settings, self.metrics, answer)
 
-    def preannotation_job(
-        self, task: Any, i: int, config: LabelConfig, state: ProjectState | None
-    ) -> tuple[str, Any] | None:
-        """``(job key, compute)`` of a task's pre-annotation in the project's mode, or None (mode
-        ``none``, or ``from-prompts`` and the task has no rectangle/keypoint to start from)."""
-        mode = option(state, "preannotate", self.settings.preannotate)
-        if mode == "none":
-            return None
-        url, tid = self._image_url(task, config, i)
-        ident = self.fetcher.identity(url, tid)
-        extra = state.extra if state else None
-        schema = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-        if mode == "automatic":
-            label = self._default_label(config, extra)
-            opts = batch.automatic_options(self.settings, state)
-            key = job_key(ident, mode, opts, label, schema, self.model_version)
-
-            def automatic() -> dict[str, Any] | None:
-                emb, _ = self.embedding(url, tid)
-                t0 = time.perf_counter()
-                records = self.automatic_masks(emb, state)
-                pred = batch.records_prediction(records, config, label, self.settings, self.model_version)
-                self.metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
-                self.metrics.predictions.inc("batch")
-                return pred
-
-            return key, automatic
-        label_map = option(state, "label_map", self.settings.label_map)
-        default = (extra or {}).get("default_label") or self.settings.default_label
-        prompts = task_prompts(task, config, label_map, default, {self.model_version})
-        if not prompts:
-            return None
-        choice = option(state, "mask_choice", self.settings.mask_choice)
-        key = job_key(ident, mode, prompts_fingerprint(prompts), choice, schema, self.model_version)
-        return key, lambda: self._prompts_prediction(url, tid, prompts, config, state)
-
-    def _prompts_prediction(
-        self,
-        url: str,
-        tid: int | None,
-        prompts: list[TaskPrompt],
-        config: LabelConfig,
-        state: ProjectState | None,
-    ) -> dict[str, Any] | None:
-        emb, _ = self.embedding(url, tid)
-        t0 = time.perf_counter()
-        regions: list[dict[str, Any]] = []
-        scores: list[float] = []
-        for p in prompts:
-            try:
-                r, score = self._prompt_regions(emb, p.raw, p.label, config, state)
-            except Unprocessable:
-                continue  # e.g. a degenerate box: skip that region only
-            regions += r
-            scores.append(score)
-        self.metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
-        self.metrics.predictions.inc("batch")
-        if not regions:
-            return None
-        return {
-            "result": regions,
-            "score": round(float(np.mean(scores)), 6),
-            "model_version": self.model_version,
-        }
-
     def _post(self, task_id: int, prediction: dict[str, Any]) -> None:
         self.api.post_prediction(task_id, prediction)
 
@@ -391,31 +326,6 @@ class EdgeSAMBackend:
         if isinstance(action, str) and action:
             return 200, {"status": "Unknown event", "action": action}
         raise BadRequest("webhook payload has no 'action'")
-
-    def _preannotate_created(self, body: dict[str, Any]) -> int:
-        """Start the pre-annotation jobs of newly created tasks (results go to Label Studio's API)."""
-        project = body.get("project")
-        pid = project.get("id") if isinstance(project, dict) else project
-        state = self.projects.get(project_key(pid))
-        schema = project.get("label_config") if isinstance(project, dict) else None
-        schema = schema if isinstance(schema, str) else (state.schema if state else None)
-        tasks = body.get("tasks")
-        if not isinstance(schema, str) or not isinstance(tasks, list):
-            return 0
-        try:
-            config = parse_label_config(schema)
-        except LabelConfigError:
-            return 0
-        n = 0
-        for i, task in enumerate(tasks):
-            try:
-                job = self.preannotation_job(task, i, config, state)
-            except BackendError:
-                continue
-            if job is not None and isinstance(task.get("id"), int):
-                self.preannotator.answer(task["id"], *job)
-                n += 1
-        return n
 
     @property
     def _pending(self) -> int:
