@@ -282,7 +282,9 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
 
             # batch: Data Manager "Retrieve predictions" answers at once (nothing waits on automatic
             # masks); the masks are computed in the background and arrive through POST /api/predictions
-            r = api.patch(f"/api/ml/{mlid}", json={"extra_params": {"preannotate": "automatic"}})
+            r = api.patch(
+                f"/api/ml/{mlid}", json={"url": backend.url, "extra_params": {"preannotate": "automatic"}}
+            )
             assert r.status_code == 200, r.text
             t0 = time.monotonic()
             r = api.post(

@@ -28,7 +28,7 @@ from edgesam_backend.runtime.amg import AutomaticMaskGenerator
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
-from .helpers import ls_keypoint, ls_rectangle
+from .helpers import CountingPredictor, ls_keypoint, ls_rectangle
 from .test_labelstudio_units import CONFIG
 
 AMG = {"amg_points_per_side": 4, "amg_stability_score_thresh": 0.0, "amg_pred_iou_thresh": 0.0}
@@ -120,21 +120,7 @@ def test_default_mode_task_without_prompts_gets_nothing_and_no_job(files, onnx_p
 
 
 def test_automatic_in_background_single_flight_and_posted_once(files, onnx_predictor, emb1) -> None:
-    class Slow:
-        """Counts encoder runs and makes them slow enough for requests to overlap."""
-
-        def __init__(self, p) -> None:
-            self.p, self.calls = p, 0
-
-        def encode(self, image):
-            self.calls += 1
-            time.sleep(0.5)
-            return self.p.encode(image)
-
-        def __getattr__(self, name):
-            return getattr(self.p, name)
-
-    slow = Slow(onnx_predictor)
+    slow = CountingPredictor(onnx_predictor, delay=0.5)
     fake = FakeLS()
     with TestClient(_app(files, slow, fake, preannotate="automatic")) as c:
         backend = c.app.state.backend
@@ -278,17 +264,6 @@ def test_webhook_tasks_created_preannotates_through_the_api(files, onnx_predicto
 
 
 def test_persistent_store_hit_after_restart(files, onnx_predictor, tmp_path: Path) -> None:
-    class Counting:
-        def __init__(self, p) -> None:
-            self.p, self.calls = p, 0
-
-        def encode(self, image):
-            self.calls += 1
-            return self.p.encode(image)
-
-        def __getattr__(self, name):
-            return getattr(self.p, name)
-
     store = tmp_path / "store"
     click = {
         "tasks": [{"id": 1, "data": {"image": IMAGE}}],
@@ -298,7 +273,7 @@ def test_persistent_store_hit_after_restart(files, onnx_predictor, tmp_path: Pat
     }
     masks = []
     for run in range(2):  # the second app is a restart: empty RAM cache, same store folder
-        counting = Counting(onnx_predictor)
+        counting = CountingPredictor(onnx_predictor)
         with TestClient(_app(files, counting, FakeLS(), embedding_store=store)) as c:
             r = c.post("/predict", json=click)
             assert r.status_code == 200, r.text
