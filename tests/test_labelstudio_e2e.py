@@ -216,10 +216,16 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             assert by_kind["local"]["data"]["image"] == "/data/local-files/?d=images/rotated.jpg"
             files = {"upload": IMAGES / "1.jpeg", "local": rotated}
 
-            # register the backend (health + setup over HTTP)
+            # register the backend (health + setup over HTTP); this project pre-annotates automatically
             r = api.post(
                 "/api/ml",
-                json={"url": backend.url, "project": pid, "title": "edgesam", "is_interactive": True},
+                json={
+                    "url": backend.url,
+                    "project": pid,
+                    "title": "edgesam",
+                    "is_interactive": True,
+                    "extra_params": {"preannotate": "automatic"},
+                },
             )
             assert r.status_code == 201, r.text
             ml = r.json()
@@ -282,10 +288,6 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
 
             # batch: Data Manager "Retrieve predictions" answers at once (nothing waits on automatic
             # masks); the masks are computed in the background and arrive through POST /api/predictions
-            r = api.patch(
-                f"/api/ml/{mlid}", json={"url": backend.url, "extra_params": {"preannotate": "automatic"}}
-            )
-            assert r.status_code == 200, r.text
             t0 = time.monotonic()
             r = api.post(
                 "/api/dm/actions",
