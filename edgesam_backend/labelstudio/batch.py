@@ -144,7 +144,7 @@ def run_batch(
                 wait = 0.0
                 deferred += 1
             else:
-                wait = min(wait, budget - elapsed) if i else wait
+                wait = max(0.0, min(wait, budget - elapsed))
         try:
             results.append(answer(task, i, wait))
         except BackendError as exc:

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.amg import GenerationStopped
 from . import batch
+from . import budget as _budget
 from .config import LabelConfig, LabelConfigError, parse_label_config
 from .errors import BackendError, Unprocessable
 from .preannotate import job_key
@@ -55,7 +57,18 @@ class PreannotationJobs:
             def automatic() -> dict[str, Any] | None:
                 emb, _ = self.embedding(url, tid)
                 t0 = time.perf_counter()
-                records = self.automatic_masks(emb, state)
+                budget_s = self.settings.batch_time_budget
+                # one job may not hold the background worker longer than the batch time budget
+                with _budget.deadline(time.monotonic() + budget_s if budget_s else None):
+                    try:
+                        records = self.automatic_masks(emb, state)
+                    except GenerationStopped:
+                        self.metrics.batch_deferred.inc()
+                        raise BackendError(
+                            f"automatic masks stopped by the time budget ({budget_s:g} s, "
+                            "EDGESAM_BATCH_TIME_BUDGET); retried on the next request",
+                            503,
+                        ) from None
                 pred = batch.records_prediction(records, config, label, self.settings, self.model_version)
                 self.metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
                 self.metrics.predictions.inc("batch")
