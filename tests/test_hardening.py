@@ -232,6 +232,8 @@ def test_abandoned_batch_request_stops_consuming_cpu(files) -> None:
         amg_points_per_batch=4,
         amg_use_proposals=False,
         batch_time_budget=60,
+        preannotate="automatic",  # the request waits for its background job, which it alone wants
+        preannotate_wait=60.0,
     )
     app = create_app(s, pred, model_version="t")
     port = free_port()

@@ -25,12 +25,14 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import budget as _budget
 from .errors import BackendError
 from .metrics import Metrics
 
@@ -47,8 +49,10 @@ def job_key(*parts: Any) -> str:
 
 @dataclass
 class _Flight:
-    waiters: set[int] = field(default_factory=set)
+    waiters: set[int] = field(default_factory=set)  # tasks to hand the result to through the API
     done: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # nobody wants the result any more
+    watching: int = 0  # requests waiting for it in their response
 
 
 class Preannotator:
@@ -114,7 +118,7 @@ class Preannotator:
             else:
                 self._metrics.preannotations.inc("shared")
         if wait > 0:
-            flight.done.wait(wait)
+            self._wait(flight, wait)
         with self._lock:
             if task_id is not None and (task_id, key) in self._delivered:
                 return []
@@ -123,6 +127,25 @@ class Preannotator:
             if task_id is not None and not flight.done.is_set():
                 flight.waiters.add(task_id)  # handed over through the API when the job ends
         return []
+
+    def _wait(self, flight: _Flight, wait: float) -> None:
+        """Wait for the flight; a request abandoned by its client (:func:`.budget.cancelled`) stops
+        waiting, and stops the job too when nobody else waits for it or expects it through the API."""
+        with self._lock:
+            flight.watching += 1
+        try:
+            deadline = time.monotonic() + wait
+            while not flight.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    return
+                if _budget.cancelled():
+                    with self._lock:
+                        if flight.watching == 1 and not flight.waiters:
+                            flight.stop.set()
+                    return
+        finally:
+            with self._lock:
+                flight.watching -= 1
 
     def _take(self, task_id: int | None, key: str) -> dict[str, Any] | list[Any]:
         result = self._results[key]
@@ -136,8 +159,11 @@ class Preannotator:
     def _run(self, key: str, compute: Callable[[], dict[str, Any] | None]) -> None:
         result: dict[str, Any] | None = None
         ok = False
+        with self._lock:
+            flight = self._flights[key]
         try:
-            result = compute()
+            with _budget.cancel_on(flight.stop):
+                result = compute()
             ok = True
         except BackendError as exc:
             log.info("pre-annotation skipped: %s", exc.message)

@@ -65,8 +65,8 @@ class PreannotationJobs:
                     except GenerationStopped:
                         self.metrics.batch_deferred.inc()
                         raise BackendError(
-                            f"automatic masks stopped by the time budget ({budget_s:g} s, "
-                            "EDGESAM_BATCH_TIME_BUDGET); retried on the next request",
+                            f"automatic masks stopped (time budget of {budget_s:g} s, "
+                            "EDGESAM_BATCH_TIME_BUDGET, or nobody waits any more); retried next time",
                             503,
                         ) from None
                 pred = batch.records_prediction(records, config, label, self.settings, self.model_version)
