@@ -4,6 +4,7 @@ free TCP port. (Fixtures live in ``conftest.py``.)"""
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class CountingPredictor:
+    """Wraps a predictor: counts ``encode`` calls (``calls``) and delays each by ``delay`` seconds (so
+    that concurrent requests overlap); everything else is the wrapped predictor's."""
+
+    def __init__(self, predictor: Any, delay: float = 0.0) -> None:
+        self.p, self.delay, self.calls = predictor, delay, 0
+
+    def encode(self, image: Any) -> Any:
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        return self.p.encode(image)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.p, name)
 
 
 # --- pipelines ---------------------------------------------------------------------------------------

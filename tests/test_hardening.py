@@ -207,7 +207,10 @@ def test_generator_stops_between_decoder_batches() -> None:
 
 def test_batch_time_budget_is_enforced_inside_a_task(files) -> None:
     pred = SlowDisc(delay=0.05)
-    with make_client(files, pred, amg_points_per_side=16, amg_points_per_batch=4, batch_time_budget=0.3) as c:
+    kw = {"preannotate": "automatic", "preannotate_wait": 60.0}  # the request waits for its background job
+    with make_client(
+        files, pred, amg_points_per_side=16, amg_points_per_batch=4, batch_time_budget=0.3, **kw
+    ) as c:
         t0 = time.monotonic()
         body = predict_body(None)
         body["tasks"].append({"id": 2, "data": {"image": "/data/local-files/?d=images/1.jpeg"}})
@@ -229,6 +232,8 @@ def test_abandoned_batch_request_stops_consuming_cpu(files) -> None:
         amg_points_per_batch=4,
         amg_use_proposals=False,
         batch_time_budget=60,
+        preannotate="automatic",  # the request waits for its background job, which it alone wants
+        preannotate_wait=60.0,
     )
     app = create_app(s, pred, model_version="t")
     port = free_port()

@@ -26,7 +26,7 @@ from edgesam_backend.labelstudio.settings import Settings
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
-from .helpers import free_port, ls_keypoint, ls_rectangle
+from .helpers import CountingPredictor, free_port, ls_keypoint, ls_rectangle
 from .test_labelstudio_units import CONFIG
 
 POLY_CONFIG = CONFIG.replace(
@@ -80,6 +80,8 @@ def _settings(files: Path, **kw) -> Settings:
         local_files_document_root=files,
         max_image_pixels=5_000_000,
         allowed_hosts=["down.test"],  # resolves nowhere: "unreachable"
+        preannotate="automatic",  # batch requests wait for the background result (scripts' mode)
+        preannotate_wait=120.0,
         **AMG,
     )
     base.update(kw)
@@ -154,7 +156,7 @@ def test_setup_rejects_what_it_cannot_serve(client) -> None:
         "/setup", json={"project": "2.1", "schema": '<View><Image name="i" value="$image"/></View>'}
     )
     assert r.status_code == 400
-    assert "no <BrushLabels> or <PolygonLabels>" in r.json()["detail"]
+    assert "no <BrushLabels>, <BitmaskLabels>, <PolygonLabels>" in r.json()["detail"]
     r = client.post(
         "/setup", json={"project": "2.1", "schema": CONFIG, "extra_params": {"mask_choice": "best"}}
     )
@@ -334,19 +336,7 @@ def test_webhook_precomputes_embeddings(client) -> None:
 
 
 def test_concurrent_requests_encode_once(files, onnx_predictor) -> None:
-    class Counting:
-        def __init__(self, p) -> None:
-            self.p, self.calls = p, 0
-
-        def encode(self, image):
-            self.calls += 1
-            time.sleep(0.3)
-            return self.p.encode(image)
-
-        def __getattr__(self, name):
-            return getattr(self.p, name)
-
-    counting = Counting(onnx_predictor)
+    counting = CountingPredictor(onnx_predictor, delay=0.3)
     app = _app(files, counting)
     backend = app.state.backend
     out: list = []

@@ -43,6 +43,17 @@ CONFIG = """<View>
   </RectangleLabels>
 </View>"""
 
+#: a detector's boxes on a non-smart RectangleLabels; masks to a brush; "car" maps by predicted_values
+DETECTOR_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="det" toName="image">
+    <Label value="car"/><Label value="person"/><Label value="Vehicle"/><Label value="Human"/>
+  </RectangleLabels>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Vehicle" predicted_values="car,truck"/><Label value="Human"/>
+  </BrushLabels>
+</View>"""
+
 AMG = {"points_per_side": 4, "stability_score_thresh": 0.0, "pred_iou_thresh": 0.0, "box_nms_thresh": 0.7}
 
 
@@ -143,6 +154,16 @@ def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:
     return predictor.predict(pts, labels, num_multimask_outputs=1, embedding=emb).masks[0]
 
 
+def _poll_predictions(api, params: dict, n: int, timeout: float = 180.0) -> list[dict]:
+    """``GET /api/predictions`` until it lists ``n`` (background results arrive through the API)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        preds = api.get("/api/predictions", params=params).json()
+        if len(preds) >= n or time.monotonic() > deadline:
+            return preds
+        time.sleep(0.5)
+
+
 def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) -> None:
     from edgesam_backend.labelstudio.app import create_app
     from edgesam_backend.labelstudio.settings import Settings
@@ -195,10 +216,16 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             assert by_kind["local"]["data"]["image"] == "/data/local-files/?d=images/rotated.jpg"
             files = {"upload": IMAGES / "1.jpeg", "local": rotated}
 
-            # register the backend (health + setup over HTTP)
+            # register the backend (health + setup over HTTP); this project pre-annotates automatically
             r = api.post(
                 "/api/ml",
-                json={"url": backend.url, "project": pid, "title": "edgesam", "is_interactive": True},
+                json={
+                    "url": backend.url,
+                    "project": pid,
+                    "title": "edgesam",
+                    "is_interactive": True,
+                    "extra_params": {"preannotate": "automatic"},
+                },
             )
             assert r.status_code == 201, r.text
             ml = r.json()
@@ -259,14 +286,17 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             assert r.status_code == 200 and "422" in r.json()["errors"][0], r.text
             assert api.get(f"/api/ml/{mlid}").json()["state"] == "CO"
 
-            # batch: Data Manager "Retrieve predictions" → stored predictions
+            # batch: Data Manager "Retrieve predictions" answers at once (nothing waits on automatic
+            # masks); the masks are computed in the background and arrive through POST /api/predictions
+            t0 = time.monotonic()
             r = api.post(
                 "/api/dm/actions",
                 params={"id": "retrieve_tasks_predictions", "project": pid},
                 json={"selectedItems": {"all": True, "excluded": []}},
             )
             assert r.status_code == 200, r.text
-            preds = api.get("/api/predictions", params={"project": pid}).json()
+            assert time.monotonic() - t0 < 30, "Retrieve Predictions waited on the model"
+            preds = _poll_predictions(api, {"project": pid}, 2)
             assert len(preds) == 2, preds
             amg = AutomaticMaskGenerator(onnx_predictor, **AMG)
             for pred in preds:
@@ -284,6 +314,80 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
                     assert np.array_equal(got == 255, rec["segmentation"]), f"batch mask differs ({kind})"
                     sdk_items.append({"rle": region["value"]["rle"], "height": h, "width": w})
                     expected_masks.append(rec["segmentation"])
+            # a second "Retrieve predictions" stores nothing more
+            api.post(
+                "/api/dm/actions",
+                params={"id": "retrieve_tasks_predictions", "project": pid},
+                json={"selectedItems": {"all": True, "excluded": []}},
+            )
+            time.sleep(2)
+            assert len(api.get("/api/predictions", params={"project": pid}).json()) == 2
+
+            # detector boxes → masks: a project whose tasks carry a detector's predictions ("car",
+            # "person"); the default mode turns each box into a mask with the mapped label
+            upload_url = by_kind["upload"]["data"]["image"]
+            image = load_image(IMAGES / "1.jpeg")
+            h, w = image.shape[:2]
+            emb = onnx_predictor.encode(image)
+            pid2 = api.post("/api/projects", json={"title": "boxes", "label_config": DETECTOR_CONFIG}).json()[
+                "id"
+            ]
+            r = api.post(
+                "/api/ml",
+                json={
+                    "url": backend.url,
+                    "project": pid2,
+                    "title": "edgesam",
+                    "is_interactive": True,
+                    "extra_params": {"label_map": {"person": "Human"}},
+                },
+            )
+            assert r.status_code == 201 and r.json()["state"] == "CO", r.text
+            boxes = {"car": (24.118, 30.439, 44.907, 39.099), "person": (5.0, 10.0, 20.0, 50.0)}
+            det = [
+                {
+                    "from_name": "det",
+                    "to_name": "image",
+                    "type": "rectanglelabels",
+                    "original_width": w,
+                    "original_height": h,
+                    "value": {
+                        "x": x,
+                        "y": y,
+                        "width": bw,
+                        "height": bh,
+                        "rotation": 0,
+                        "rectanglelabels": [lab],
+                    },
+                }
+                for lab, (x, y, bw, bh) in boxes.items()
+            ]
+            r = api.post(
+                f"/api/projects/{pid2}/import",
+                json=[
+                    {"data": {"image": upload_url}, "predictions": [{"model_version": "yolo", "result": det}]}
+                ],
+            )
+            assert r.status_code == 201, r.text
+            api.post(
+                "/api/dm/actions",
+                params={"id": "retrieve_tasks_predictions", "project": pid2},
+                json={"selectedItems": {"all": True, "excluded": []}},
+            )
+            ours = [
+                p for p in _poll_predictions(api, {"project": pid2}, 2) if p["model_version"] == "edgesam-e2e"
+            ]
+            assert len(ours) == 1, ours  # webhook + retrieve: one computation, one prediction
+            brush = [g for g in ours[0]["result"] if g["type"] == "brushlabels"]
+            rects = [g for g in ours[0]["result"] if g["type"] == "rectanglelabels"]
+            assert [g["value"]["brushlabels"] for g in brush] == [["Vehicle"], ["Human"]]
+            assert len(rects) == 2  # the tight box of each mask on the detector's (non-smart) control
+            for g, (x, y, bw, bh) in zip(brush, boxes.values(), strict=True):
+                corners = coords.percent_to_pixels([[x, y], [x + bw, y + bh]], w, h)
+                want = onnx_predictor.predict(box=corners.reshape(-1), num_multimask_outputs=1, embedding=emb)
+                assert np.array_equal(rle_to_mask(g["value"]["rle"], h, w) == 255, want.masks[0])
+                sdk_items.append({"rle": g["value"]["rle"], "height": h, "width": w})
+                expected_masks.append(want.masks[0])
 
         # Label Studio's own decoder agrees on every mask we sent
         for d, want in zip(sdk_decode(ls_venv, sdk_items, tmp_path), expected_masks, strict=True):

@@ -73,7 +73,7 @@ def test_config_polygon_output_and_other_tags() -> None:
         ("<View><Image", "not valid XML"),
         ("", "empty"),
         ('<View><BrushLabels name="t" toName="i"><Label value="a"/></BrushLabels></View>', "no <Image> tag"),
-        ('<View><Image name="i" value="$image"/></View>', "no <BrushLabels> or <PolygonLabels>"),
+        ('<View><Image name="i" value="$image"/></View>', "no <BrushLabels>, <BitmaskLabels>"),
         (
             '<View><Image name="i" value="http://x/y.png"/>'
             '<BrushLabels name="t" toName="i"><Label value="a"/></BrushLabels></View>',

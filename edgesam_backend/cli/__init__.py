@@ -1,7 +1,8 @@
 """The ``edgesam`` command line.
 
 Engine (:mod:`.engine`): ``predict``, ``export``, ``weights``. Serving (:mod:`.serve`): ``serve`` (Label
-Studio ML backend). Pipelines (:mod:`.pipeline`): ``run``, ``validate``, ``schema``. Training
+Studio ML backend); :mod:`.precompute`: ``precompute`` (fill the embedding store).
+Pipelines (:mod:`.pipeline`): ``run``, ``validate``, ``schema``. Training
 (:mod:`.training`): ``train-rpn``, ``synthetic-data``, ``distill``, ``eval``. Each command is one
 ``add_parser`` with ``set_defaults(func=...)``; :func:`main` calls ``args.func(args)``. Every parser
 shows its defaults in ``--help`` (:class:`.common.HelpFormatter`); Ctrl-C exits 130 without a traceback.
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import engine, pipeline, serve, training
+from . import engine, pipeline, precompute, serve, training
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, HelpFormatter
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.register(sub)
     engine.register_weights(sub)
     serve.register(sub)
+    precompute.register(sub)
     pipeline.register(sub)
     for p in _subparsers(parser):
         p.formatter_class = HelpFormatter

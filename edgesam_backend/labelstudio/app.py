@@ -53,7 +53,15 @@ NO_AUTH = ("/", "/health")
 
 
 def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
-    """The onnxruntime predictor and a model version derived from the ONNX files' content.
+    """The onnxruntime predictor and a model version derived from the ONNX files' content
+    (:func:`load_backend_model` without the encoder digest)."""
+    predictor, version, _ = load_backend_model(settings)
+    return predictor, version
+
+
+def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
+    """``(predictor, model version, encoder sha256)``; the digest names the embedding store's namespace
+    (the pipeline uses the same one).
 
     ONNX files are looked up in ``EDGESAM_ONNX_DIR``, then ``MODEL_DIR`` and ``MODEL_DIR/onnx``;
     otherwise ``EDGESAM_CHECKPOINT`` (a name or path) is resolved by the model resolver (our export,
@@ -81,7 +89,7 @@ def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
         model.execution.names,
     )
     predictor = onnx_predictor(model, threads=settings.intra_op_threads)
-    return predictor, settings.model_version or model.model_version
+    return predictor, settings.model_version or model.model_version, model.encoder_sha256
 
 
 class _Middleware:
@@ -148,16 +156,20 @@ def create_app(
     *,
     model_version: str | None = None,
     fetcher: ImageFetcher | None = None,
+    store_namespace: str | None = None,
 ) -> FastAPI:
-    """Build the app. Without ``predictor`` the model is loaded now (before serving), from settings."""
+    """Build the app. Without ``predictor`` the model is loaded now (before serving), from settings.
+    ``store_namespace`` names the encoder in the embedding store (default: the model version)."""
     settings = settings or Settings.from_env()
     if predictor is None:
-        predictor, version = load_backend_predictor(settings)
+        predictor, version, store_namespace = load_backend_model(settings)
     else:
         version = settings.model_version or "edgesam"
     version = model_version or version
     metrics = Metrics()
-    backend = EdgeSAMBackend(settings, predictor, version, fetcher=fetcher, metrics=metrics)
+    backend = EdgeSAMBackend(
+        settings, predictor, version, fetcher=fetcher, metrics=metrics, store_namespace=store_namespace
+    )
     interactive_limiter = anyio.CapacityLimiter(settings.threads)
     batch_limiter = anyio.CapacityLimiter(max(1, settings.threads // 2))
 

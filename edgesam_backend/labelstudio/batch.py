@@ -1,5 +1,5 @@
-"""Batch predictions (no context): automatic masks for each task's image, one region per mask, under a
-time budget so Label Studio (which gives up after 100 s) always gets an answer."""
+"""Batch predictions (no context): automatic masks for a task's image, one region per mask, and the
+per-task loop that answers Label Studio from the pre-annotation store under a time budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.amg import AutomaticMaskGenerator, GenerationStopped
+from ..runtime.amg import AutomaticMaskGenerator
 from ..runtime.base import BasePredictor, ImageEmbedding
 from ..runtime.masks import decode_rles
 from . import budget as _budget
@@ -71,84 +71,95 @@ def automatic_masks(
     return records
 
 
-def run_batch(
-    tasks: list[Any],
+def automatic_options(settings: Settings, state: ProjectState | None) -> dict[str, Any]:
+    """The settings automatic masks depend on (part of a pre-annotation job's key)."""
+    s = settings
+    return {
+        "points_per_side": option(state, "points_per_side", s.amg_points_per_side),
+        "pred_iou_thresh": option(state, "pred_iou_thresh", s.amg_pred_iou_thresh),
+        "stability_score_thresh": option(state, "stability_score_thresh", s.amg_stability_score_thresh),
+        "box_nms_thresh": option(state, "box_nms_thresh", s.amg_box_nms_thresh),
+        "min_mask_region_area": option(state, "min_mask_region_area", s.amg_min_mask_region_area),
+        "max_regions": option(state, "max_regions", s.batch_max_regions),
+        "use_proposals": option(state, "use_proposals", s.amg_use_proposals),
+        "strategy": option(state, "strategy", s.amg_strategy),
+        "max_prompts": option(state, "max_prompts", s.amg_max_prompts),
+    }
+
+
+def records_prediction(
+    records: list[dict[str, Any]],
     config: LabelConfig,
     label: str,
-    state: ProjectState | None,
+    settings: Settings,
+    model_version: str,
+) -> dict[str, Any] | None:
+    """Automatic-mask records → one Label Studio prediction (a region per mask and output control,
+    all with ``label``); None when there is no mask (Label Studio would log an empty result)."""
+    outputs = config.outputs_for(label)
+    regions: list[dict[str, Any]] = []
+    scores = []
+    for rec in records:
+        score = float(rec.get("stability_score", rec.get("predicted_iou", 0.0)))
+        scores.append(score)
+        regions += mask_regions(
+            np.asarray(rec["segmentation"], dtype=bool),
+            outputs,
+            config.image.name,
+            label,
+            score,
+            0,
+            settings.polygon_tolerance,
+        )
+    if not regions:
+        return None
+    return {"result": regions, "score": round(float(np.mean(scores)), 6), "model_version": model_version}
+
+
+def run_batch(
+    tasks: list[Any],
     settings: Settings,
     metrics: Metrics,
-    model_version: str,
-    task_embedding: Callable[[Any, int], ImageEmbedding],
-    masks_for: Callable[[ImageEmbedding, ProjectState | None], list[dict[str, Any]]],
+    answer: Callable[[Any, int, float], Any],
 ) -> list[Any]:
-    """One result per task, in order; a failing task (or one past the time budget) gets ``[]`` (Label
-    Studio stores no prediction and retries it next time). ``task_embedding(task, i)`` resolves and
-    encodes a task's image; ``masks_for(emb, state)`` gives its records."""
-    outputs = config.outputs_for(label)
-    budget_s = settings.batch_time_budget
+    """One answer per task, in order: ``answer(task, i, wait)`` returns the stored prediction or ``[]``
+    (computed in the background; see :mod:`.preannotate`), waiting at most ``wait`` seconds. Waits
+    (``preannotate_wait``) stop once the time budget would be exceeded: the rest answer ``[]`` and
+    reach Label Studio through its API. A task that cannot be predicted gets ``[]`` (the error is
+    raised for a single task)."""
+    results: list[Any] = []
+    budget = settings.batch_time_budget
     t_start = time.monotonic()
-    with _budget.deadline(t_start + budget_s if budget_s else None):
-        results: list[Any] = []
-        for i, task in enumerate(tasks):
-            if _budget.cancelled():
-                log.info("batch request abandoned by the client after %d of %d tasks", i, len(tasks))
-                results.extend([] for _ in tasks[i:])
-                break
-            elapsed = time.monotonic() - t_start
-            per_task = elapsed / i if i else 0.0
-            if budget_s and i and elapsed + per_task > budget_s:
-                # Label Studio gives up after 100 s and then stores nothing: answer in time; the rest
-                # get no prediction now and are predicted by the next "Retrieve predictions"
-                log.warning(
-                    "batch time budget of %.0f s reached after %d of %d tasks; the rest are left for "
-                    "the next request",
-                    budget_s,
-                    i,
-                    len(tasks),
-                )
-                metrics.batch_deferred.inc(amount=len(tasks) - i)
-                results.extend([] for _ in tasks[i:])
-                break
-            try:
-                emb = task_embedding(task, i)
-                t0 = time.perf_counter()
-                regions: list[dict[str, Any]] = []
-                scores = []
-                for rec in masks_for(emb, state):
-                    score = float(rec.get("stability_score", rec.get("predicted_iou", 0.0)))
-                    scores.append(score)
-                    regions += mask_regions(
-                        np.asarray(rec["segmentation"], dtype=bool),
-                        outputs,
-                        config.image.name,
-                        label,
-                        score,
-                        0,
-                        settings.polygon_tolerance,
-                    )
-                metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
-                metrics.predictions.inc("batch")
-                results.append(
-                    {
-                        "result": regions,
-                        "score": round(float(np.mean(scores)) if scores else 0.0, 6),
-                        "model_version": model_version,
-                    }
-                )
-            except GenerationStopped:
-                # the time budget ran out (or the client left) inside this task: it and the rest get no
-                # prediction now (Label Studio retries them with the next request)
-                log.warning("batch stopped in task %d of %d (time budget or abandoned)", i + 1, len(tasks))
-                metrics.batch_deferred.inc(amount=len(tasks) - i)
-                results.extend([] for _ in tasks[i:])
-                break
-            except BackendError as exc:
-                if len(tasks) == 1:
-                    raise
-                # no prediction for this task (LS stores nothing and retries it next time)
-                tid = task.get("id") if isinstance(task, dict) else None
-                log.warning("batch prediction for task %s failed: %s", tid, exc.message)
-                metrics.prediction_errors.inc("batch", str(exc.status))
-                results.append([])
-        return results
+    deferred = 0
+    for i, task in enumerate(tasks):
+        if _budget.cancelled():
+            log.info("batch request abandoned by the client after %d of %d tasks", i, len(tasks))
+            results.extend([] for _ in tasks[i:])
+            break
+        elapsed = time.monotonic() - t_start
+        per_task = elapsed / i if i else 0.0
+        wait = settings.preannotate_wait
+        if wait and budget:
+            if i and elapsed + per_task > budget:
+                wait = 0.0
+                deferred += 1
+            else:
+                wait = max(0.0, min(wait, budget - elapsed))
+        try:
+            results.append(answer(task, i, wait))
+        except BackendError as exc:
+            if len(tasks) == 1:
+                raise
+            tid = task.get("id") if isinstance(task, dict) else None
+            log.warning("batch prediction for task %s failed: %s", tid, exc.message)
+            metrics.prediction_errors.inc("batch", str(exc.status))
+            results.append([])
+    if deferred:
+        log.warning(
+            "batch time budget of %.0f s reached: %d of %d tasks answered without waiting",
+            budget,
+            deferred,
+            len(tasks),
+        )
+        metrics.batch_deferred.inc(amount=deferred)
+    return results

@@ -1,10 +1,14 @@
 """Label Studio label config (XML) → what this backend serves.
 
-The backend needs an ``<Image name value="$key">`` tag and an output it can write masks into:
-``<BrushLabels>`` (Label Studio brush RLE) and/or ``<PolygonLabels>`` (polygons traced from the mask
-contours), both pointing at that image. Smart inputs — ``<KeyPointLabels smart="true">`` and
-``<RectangleLabels smart="true">`` — are optional: they are only needed for interactive clicks, and
-any keypoint/rectangle region that arrives in a request's context is used as a prompt.
+The backend needs an ``<Image name value="$key">`` tag and an output it can write masks into, in any
+combination: ``<BrushLabels>`` (Label Studio brush RLE), ``<BitmaskLabels>`` (a PNG data URL, Label
+Studio 1.23's pixel-precise mask tag), ``<PolygonLabels>`` (polygons traced from the mask contours)
+and a ``<RectangleLabels>`` that is *not* smart (the tight box of the mask; a smart one is a prompt
+input only), all pointing at that image. ``<Label value="Car" predicted_values="car,truck"/>`` maps
+labels of existing regions (e.g. a detector's boxes) onto an output label. Smart inputs —
+``<KeyPointLabels smart="true">`` and ``<RectangleLabels smart="true">`` — are optional: they are only
+needed for interactive clicks, and any keypoint/rectangle region that arrives in a request's context
+is used as a prompt.
 Anything else in the config (choices, text areas, other objects) is ignored.
 """
 
@@ -20,6 +24,7 @@ MAX_CONFIG_CHARS = 1_000_000
 #: Tag names (lower-cased) this backend reads.
 IMAGE_TAG = "image"
 BRUSH_TAGS = ("brushlabels",)
+BITMASK_TAGS = ("bitmasklabels",)
 POLYGON_TAGS = ("polygonlabels",)
 KEYPOINT_TAGS = ("keypointlabels",)
 RECTANGLE_TAGS = ("rectanglelabels",)
@@ -43,6 +48,8 @@ class ControlTag(BaseModel):
     to_name: list[str]
     labels: list[str]
     smart: bool = False
+    #: ``predicted_values`` of each label: source label name → this control's label
+    predicted: dict[str, str] = Field(default_factory=dict)
 
     @property
     def type(self) -> str:
@@ -53,13 +60,34 @@ class ControlTag(BaseModel):
 class LabelConfig(BaseModel):
     image: ImageTag
     brush: list[ControlTag] = Field(default_factory=list)
+    bitmask: list[ControlTag] = Field(default_factory=list)
     polygon: list[ControlTag] = Field(default_factory=list)
     keypoints: list[ControlTag] = Field(default_factory=list)
     rectangles: list[ControlTag] = Field(default_factory=list)
 
     @property
+    def box_outputs(self) -> list[ControlTag]:
+        """Non-smart ``<RectangleLabels>``: they receive the tight box of each mask."""
+        return [t for t in self.rectangles if not t.smart]
+
+    @property
     def outputs(self) -> list[ControlTag]:
-        return [*self.brush, *self.polygon]
+        return [*self.brush, *self.bitmask, *self.polygon, *self.box_outputs]
+
+    def map_label(self, source: str, label_map: dict[str, str] | None = None) -> str | None:
+        """The output label for a region labelled ``source`` (e.g. a detector's class): the explicit
+        ``label_map`` first, then a label whose ``predicted_values`` lists it, then the same name, then
+        the same name ignoring case; None when nothing matches."""
+        labels = self.output_labels
+        if label_map and source in label_map:
+            return label_map[source] if label_map[source] in labels else None
+        for t in self.outputs:
+            if source in t.predicted:
+                return t.predicted[source]
+        if source in labels:
+            return source
+        low = {lab.lower(): lab for lab in labels}
+        return low.get(source.lower())
 
     @property
     def output_labels(self) -> list[str]:
@@ -70,12 +98,13 @@ class LabelConfig(BaseModel):
         return list(seen)
 
     def outputs_for(self, label: str | None, to_name: str | None = None) -> list[ControlTag]:
-        """The output controls (at most one brush, one polygon) that write ``label`` on the image.
+        """The output controls (at most one of each kind: brush, bitmask, polygon, box) that write
+        ``label`` on the image.
 
-        With ``label=None`` the first brush and polygon control are returned.
+        With ``label=None`` the first control of each kind is returned.
         """
         chosen: list[ControlTag] = []
-        for group in (self.brush, self.polygon):
+        for group in (self.brush, self.bitmask, self.polygon, self.box_outputs):
             for t in group:
                 if to_name is not None and to_name not in t.to_name:
                     continue
@@ -102,6 +131,18 @@ def _labels(elem: ET.Element) -> list[str]:
     return out
 
 
+def _predicted(elem: ET.Element) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for c in elem.iter():
+        if c is elem or not isinstance(c.tag, str) or c.tag.lower() != "label":
+            continue
+        value = c.get("value") or c.get("alias")
+        for src in (c.get("predicted_values") or "").split(","):
+            if value and src.strip():
+                out.setdefault(src.strip(), value)
+    return out
+
+
 def _truthy(v: str | None) -> bool:
     return (v or "").strip().lower() in ("true", "1", "yes")
 
@@ -121,9 +162,16 @@ def parse_label_config(xml: str) -> LabelConfig:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None
 
     images: list[ImageTag] = []
-    controls: dict[str, list[ControlTag]] = {"brush": [], "polygon": [], "keypoints": [], "rectangles": []}
+    controls: dict[str, list[ControlTag]] = {
+        "brush": [],
+        "bitmask": [],
+        "polygon": [],
+        "keypoints": [],
+        "rectangles": [],
+    }
     kinds = {
         **dict.fromkeys(BRUSH_TAGS, "brush"),
+        **dict.fromkeys(BITMASK_TAGS, "bitmask"),
         **dict.fromkeys(POLYGON_TAGS, "polygon"),
         **dict.fromkeys(KEYPOINT_TAGS, "keypoints"),
         **dict.fromkeys(RECTANGLE_TAGS, "rectangles"),
@@ -151,21 +199,28 @@ def parse_label_config(xml: str) -> LabelConfig:
                     to_name=[t.strip() for t in to.split(",") if t.strip()],
                     labels=_labels(el),
                     smart=_truthy(el.get("smart")) or _truthy(el.get("smartOnly")),
+                    predicted=_predicted(el),
                 )
             )
     if not images:
         raise LabelConfigError("label config has no <Image> tag: this backend segments images")
-    outputs = controls["brush"] + controls["polygon"]
+    outputs = [
+        *controls["brush"],
+        *controls["bitmask"],
+        *controls["polygon"],
+        *(t for t in controls["rectangles"] if not t.smart),
+    ]
     if not outputs:
         raise LabelConfigError(
-            "label config has no <BrushLabels> or <PolygonLabels> tag: nowhere to put the masks"
+            "label config has no <BrushLabels>, <BitmaskLabels>, <PolygonLabels> or non-smart "
+            "<RectangleLabels> tag: nowhere to put the masks"
         )
     # the image the outputs point at (the first one that has an output)
     image = next((im for im in images if any(im.name in t.to_name for t in outputs)), None)
     if image is None:
         names = ", ".join(sorted({n for t in outputs for n in t.to_name}))
         raise LabelConfigError(
-            f"<BrushLabels>/<PolygonLabels> point at {names}, which is not an <Image> tag "
+            f"the output tags point at {names}, which is not an <Image> tag "
             f"(images: {', '.join(i.name for i in images)})"
         )
     for t in outputs:
@@ -178,6 +233,7 @@ def parse_label_config(xml: str) -> LabelConfig:
     return LabelConfig(
         image=image,
         brush=on_image(controls["brush"]),
+        bitmask=on_image(controls["bitmask"]),
         polygon=on_image(controls["polygon"]),
         keypoints=on_image(controls["keypoints"]),
         rectangles=on_image(controls["rectangles"]),

@@ -158,6 +158,15 @@ class Metrics:
         self.precompute = Counter(
             "edgesam_precompute_total", "Embeddings precomputed from webhooks, by outcome.", ("outcome",)
         )
+        self.preannotations = Counter(
+            "edgesam_preannotations_total",
+            "Background pre-annotation jobs and hand-overs, by outcome.",
+            ("outcome",),
+        )
+        self.store = Counter(
+            "edgesam_embedding_store_total", "Persistent embedding store lookups, by outcome.", ("outcome",)
+        )
+        self.training = Counter("edgesam_training_total", "Fine-tuning jobs, by outcome.", ("outcome",))
         self._gauges: list[Gauge] = [
             Gauge("process_resident_memory_bytes", "Resident memory size in bytes.", rss_bytes)
         ]
@@ -179,6 +188,9 @@ class Metrics:
             self.fetch_seconds,
             self.batch_deferred,
             self.precompute,
+            self.preannotations,
+            self.store,
+            self.training,
         ):
             lines += m.render()
         for g in self._gauges:

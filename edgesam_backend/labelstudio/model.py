@@ -4,10 +4,13 @@
 ``extra_params`` (:mod:`.projects`), interactive masks (:mod:`.interactive`), batch predictions under a
 time budget (:mod:`.batch`) and the webhook precompute queue (:mod:`.precompute`).
 
-Interactive (``params.context`` with regions): one prompt → one mask → a ``brushlabels`` region (and
-``polygonlabels`` regions when the config has them) with the prompt's label. Batch (no context):
-automatic masks for each task's image, one region per mask, labelled with the default label; one
-result per task, in order (a task whose image fails gets ``[]``: no prediction, retried next time).
+Interactive (``params.context`` with regions): one prompt → one mask → a region on every output
+control of the config (brush, bitmask, polygons, tight rectangle) with the prompt's label. Batch (no
+context: opening a task, "Retrieve Predictions"): answered at once from the pre-annotation store
+(:mod:`.preannotate`), per the project's mode — ``none``; ``automatic`` masks of the whole image with
+the default label; ``from-prompts``: one mask per rectangle/keypoint the task already has
+(:mod:`.task_prompts`), with its mapped label. One result per task, in order (``[]``: no prediction
+now; a background result reaches Label Studio through ``POST /api/predictions``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from numpy.typing import NDArray
 
 from ..formats.labelstudio.coords import rotate_mask
 from ..runtime.base import BasePredictor, ImageEmbedding
+from ..runtime.embedding_store import EmbeddingStore
 from ..runtime.prompts import PromptError
 from . import batch, interactive
 from .cache import EmbeddingLRU, SingleFlight, UrlIndex
@@ -28,8 +32,11 @@ from .config import LabelConfig, LabelConfigError, parse_label_config
 from .context import parse_context, to_pixels
 from .errors import BadRequest, Unprocessable
 from .images import ImageFetcher, decode_image
+from .lsapi import LabelStudioAPI
 from .metrics import Metrics
+from .preannotate import Preannotator
 from .precompute import PrecomputeQueue
+from .prejobs import PreannotationJobs
 from .priority import Priority
 from .projects import Projects, ProjectState, option, parse_extra, project_key
 from .regions import mask_regions
@@ -40,7 +47,7 @@ def _embedding_nbytes(e: ImageEmbedding) -> int:
     return int(e.embeddings.nbytes) + 1024
 
 
-class EdgeSAMBackend:
+class EdgeSAMBackend(PreannotationJobs):
     """Owns the predictor, the embedding cache and the image fetcher; thread-safe."""
 
     def __init__(
@@ -50,6 +57,7 @@ class EdgeSAMBackend:
         model_version: str,
         fetcher: ImageFetcher | None = None,
         metrics: Metrics | None = None,
+        store_namespace: str | None = None,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
@@ -71,6 +79,19 @@ class EdgeSAMBackend:
             priority=self.priority,
             max_seconds=settings.precompute_max_seconds,
         )
+        self.store: EmbeddingStore | None = None
+        if settings.embedding_store is not None:
+            ns = "".join(c for c in (store_namespace or model_version) if c.isalnum() or c in "-_")
+            self.store = EmbeddingStore(
+                settings.embedding_store, int(settings.embedding_store_mb * 1024 * 1024), ns or "model"
+            )
+        self.api = LabelStudioAPI(
+            settings.label_studio_url,
+            settings.label_studio_api_key,
+            self.fetcher.client,
+            settings.fetch_timeout,
+        )
+        self.preannotator = Preannotator(self._post if self.api.configured else None, self.metrics)
         m = self.metrics
         m.cache_hits.inc(amount=0)
         m.cache_misses.inc(amount=0)
@@ -88,6 +109,7 @@ class EdgeSAMBackend:
         )
 
     def close(self) -> None:
+        self.preannotator.close()
         self.precompute.close()
         self.fetcher.close()
 
@@ -135,10 +157,17 @@ class EdgeSAMBackend:
             dig = hashlib.sha256(data).hexdigest()
 
             def encode() -> ImageEmbedding:
+                if self.store is not None:
+                    stored = self.store.get(dig)
+                    self.metrics.store.inc("hit" if stored is not None else "miss")
+                    if stored is not None:
+                        return stored
                 image = decode_image(data, self.settings.max_image_pixels)
                 t1 = time.perf_counter()
                 emb = self.predictor.encode(image)
                 self.metrics.encode_seconds.observe(time.perf_counter() - t1)
+                if self.store is not None:
+                    self.store.put(dig, emb)
                 return emb
 
             emb, hit = self.cache.get_or_compute(dig, encode)
@@ -215,9 +244,22 @@ class EdgeSAMBackend:
         raw = parse_context(context, config)
         url, tid = self._image_url(task, config, 0)
         label = raw.label or self._default_label(config, state.extra if state else None)
-        outputs = config.outputs_for(label)
         emb, _ = self.embedding(url, tid)
         t0 = time.perf_counter()
+        regions, score = self._prompt_regions(emb, raw, label, config, state)
+        self.metrics.decode_seconds.observe(time.perf_counter() - t0, "interactive")
+        self.metrics.predictions.inc("interactive")
+        return {"result": regions, "score": round(score, 6), "model_version": self.model_version}
+
+    def _prompt_regions(
+        self,
+        emb: ImageEmbedding,
+        raw: Any,
+        label: str,
+        config: LabelConfig,
+        state: ProjectState | None,
+    ) -> tuple[list[dict[str, Any]], float]:
+        """One prompt (a :class:`.context.RawPrompt`) → its mask's regions on the label's outputs."""
         prompt = to_pixels(raw, emb.original_hw)
         mode: MaskChoice = option(state, "mask_choice", self.settings.mask_choice)
         k, kind = interactive.choose_mask(mode, raw.n_points, prompt.box is not None)
@@ -231,16 +273,14 @@ class EdgeSAMBackend:
             mask = rotate_mask(mask, prompt.output_rotation)
         regions = mask_regions(
             mask,
-            outputs,
+            config.outputs_for(label),
             config.image.name,
             label,
             score,
             prompt.image_rotation,
             self.settings.polygon_tolerance,
         )
-        self.metrics.decode_seconds.observe(time.perf_counter() - t0, "interactive")
-        self.metrics.predictions.inc("interactive")
-        return {"result": regions, "score": round(score, 6), "model_version": self.model_version}
+        return regions, score
 
     def predict_mask(
         self,
@@ -263,30 +303,26 @@ class EdgeSAMBackend:
     def _batch(self, tasks: list[Any], config: LabelConfig, state: ProjectState | None) -> list[Any]:
         if not self.settings.batch:
             return [[] for _ in tasks]  # interactive only (EDGESAM_BATCH=false): no predictions stored
-        label = self._default_label(config, state.extra if state else None)
 
-        def task_embedding(task: Any, i: int) -> ImageEmbedding:
-            url, tid = self._image_url(task, config, i)
-            return self.embedding(url, tid)[0]
+        def answer(task: Any, i: int, wait: float) -> Any:
+            job = self.preannotation_job(task, i, config, state)
+            if job is None:
+                return []
+            tid = task.get("id") if isinstance(task.get("id"), int) else None
+            return self.preannotator.answer(tid, job[0], job[1], wait)
 
-        return batch.run_batch(
-            tasks,
-            config,
-            label,
-            state,
-            self.settings,
-            self.metrics,
-            self.model_version,
-            task_embedding,
-            self.automatic_masks,
-        )
+        return batch.run_batch(tasks, self.settings, self.metrics, answer)
+
+    def _post(self, task_id: int, prediction: dict[str, Any]) -> None:
+        self.api.post_prediction(task_id, prediction)
 
     # --- /webhook ------------------------------------------------------------------------------------
     def webhook(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         action = body.get("action")
         if action == "TASKS_CREATED":
             n = self.precompute.queue(body) if self.settings.precompute_on_webhook else 0
-            return 200, {"status": "ok", "action": action, "precompute_queued": n}
+            m = self._preannotate_created(body) if self.settings.batch else 0
+            return 200, {"status": "ok", "action": action, "precompute_queued": n, "preannotate_queued": m}
         if isinstance(action, str) and action:
             return 200, {"status": "Unknown event", "action": action}
         raise BadRequest("webhook payload has no 'action'")

@@ -1,5 +1,6 @@
-"""A mask → the backend's result regions on every output control of the labeling config (a brush
-and/or polygons); the region dicts themselves are :mod:`edgesam_backend.formats.labelstudio.regions`."""
+"""A mask → the backend's result regions on every output control of the labeling config (brush,
+bitmask, polygons, tight rectangle, in any combination); the region dicts themselves are
+:mod:`edgesam_backend.formats.labelstudio.regions`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..formats.labelstudio.regions import brush_region_of_mask, polygon_regions_of_mask
+from ..formats.labelstudio.regions import (
+    bitmask_region_of_mask,
+    brush_region_of_mask,
+    polygon_regions_of_mask,
+    rectangle_region_of_mask,
+)
 from .config import ControlTag
 
 
@@ -29,6 +35,12 @@ def mask_regions(
         kw = {**common, "from_name": control.name, "type": control.type, "readonly": False}
         if control.type == "brushlabels":
             regions.append(brush_region_of_mask(mask, **kw))
+        elif control.type == "bitmasklabels":
+            regions.append(bitmask_region_of_mask(mask, **kw))
+        elif control.type == "rectanglelabels":
+            rect = rectangle_region_of_mask(mask, **kw)
+            if rect is not None:
+                regions.append(rect)
         else:
             regions.extend(polygon_regions_of_mask(mask, tolerance=tolerance, **kw))
     return regions

@@ -11,6 +11,9 @@
 | ``EDGESAM_DEVICE`` | ``cpu`` | ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto`` |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``WORKERS`` / ``THREADS`` | ``1`` / ``4`` | uvicorn worker processes / concurrent requests per worker |
+| ``EDGESAM_PREANNOTATE`` | ``from-prompts`` | ``none``, ``automatic`` or ``from-prompts`` (see the README) |
+| ``EDGESAM_LABEL_MAP`` | – | JSON ``{"car": "Vehicle"}``: source label → output label (from-prompts) |
+| ``EDGESAM_EMBEDDING_STORE`` / ``_MB`` | – / ``4096`` | persistent embedding store folder / its size bound |
 | ``EDGESAM_*`` | see :class:`Settings` | model, cache, image limits, mask choice, batch mode |
 
 Request limits (a request over one is answered 4xx with a message naming the variable):
@@ -25,16 +28,18 @@ Per-project ``extra_params`` are validated against the same limits as their ``ED
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ..runtime.providers import Device
 
 MaskChoice = Literal["auto", "single", "stability", "iou"]
+PreannotateMode = Literal["none", "automatic", "from-prompts"]
 
 
 class SettingsError(ValueError):
@@ -67,7 +72,10 @@ class Settings(BaseModel):
     mask_choice: MaskChoice = "auto"
     polygon_tolerance: float = Field(1.0, ge=0)
 
-    # batch (automatic masks)
+    # batch / pre-annotation (context-less /predict, webhooks)
+    preannotate: PreannotateMode = "from-prompts"
+    preannotate_wait: float = Field(0.0, ge=0)
+    label_map: dict[str, str] = Field(default_factory=dict)
     batch: bool = True
     batch_time_budget: float = Field(80.0, ge=0)
     default_label: str | None = None
@@ -94,6 +102,8 @@ class Settings(BaseModel):
 
     # cache
     cache_mb: float = Field(512.0, gt=0)
+    embedding_store: Path | None = None
+    embedding_store_mb: float = Field(4096.0, gt=0)
     precompute_on_webhook: bool = True
     precompute_max_seconds: float = Field(120.0, gt=0)
 
@@ -111,6 +121,16 @@ class Settings(BaseModel):
         v = v.strip().rstrip("/")
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return json.loads(v)
+            except ValueError:
+                raise ValueError(f'must be a JSON object like {{"car": "Vehicle"}}, got {v!r}') from None
         return v
 
     @field_validator("max_prompt_points")
@@ -190,6 +210,8 @@ EXTRA_PARAM_FIELDS = {
     "use_proposals": "amg_use_proposals",
     "strategy": "amg_strategy",
     "max_prompts": "amg_max_prompts",
+    "preannotate": "preannotate",
+    "label_map": "label_map",
 }
 
 

@@ -114,7 +114,7 @@ def run_local(
             item, image, sha, key, t0 = job
             t = time.perf_counter()
             try:
-                emb = proc.encode(image)
+                emb = proc.encode(image, sha)
             except Exception as exc:
                 outcomes.put(Outcome(item.index, "failed", error=short_error(exc), stage="encode"))
                 continue

@@ -104,7 +104,7 @@ class SegmentActor:
             image = self.proc.decode(bytes(row["data"]), item.file_name)
             stage = "encode"
             t = time.perf_counter()
-            emb = self.proc.encode(image)
+            emb = self.proc.encode(image, row["sha"])
             enc_s = time.perf_counter() - t
             stage = "segment"
             result = self.proc.process(item, image, emb, row["sha"], row["key"], enc_s)

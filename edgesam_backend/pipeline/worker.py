@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..runtime.base import BasePredictor, ImageEmbedding
+from ..runtime.embedding_store import store_from_env
 from . import storage
 from .base import ImageJob, MaskSet, PromptStep, RefineStep, SegmentStep, StepContext
 from .config import pipeline_from_dict
@@ -143,6 +145,12 @@ class ImageProcessor:
                 device=plan.get("device", "cpu"),
             )
         self.predictor = predictor
+        # the persistent embedding store shared with the Label Studio backend (EDGESAM_EMBEDDING_STORE)
+        self.store = None
+        if self.needs_embedding and os.environ.get("EDGESAM_EMBEDDING_STORE"):
+            from ..runtime.resolve import cached_sha256
+
+            self.store = store_from_env(cached_sha256(Path(plan["encoder"])))
 
     def key(self, image_sha256: str, fingerprint: str) -> str:
         return result_key(image_sha256, self.config_hash, fingerprint)
@@ -154,8 +162,19 @@ class ImageProcessor:
 
         return load_image(data, name=name)
 
-    def encode(self, image: NDArray[np.uint8]) -> ImageEmbedding | None:
-        return self.predictor.encode(image) if self.needs_embedding else None
+    def encode(self, image: NDArray[np.uint8], image_sha256: str | None = None) -> ImageEmbedding | None:
+        """The image's embedding (None when the plan needs none), from the persistent store when it
+        has one for these bytes (``image_sha256``: sha256 of the image file)."""
+        if not self.needs_embedding:
+            return None
+        if self.store is not None and image_sha256:
+            stored = self.store.get(image_sha256)
+            if stored is not None:
+                return stored
+        emb = self.predictor.encode(image)
+        if self.store is not None and image_sha256:
+            self.store.put(image_sha256, emb)
+        return emb
 
     def process(
         self,
