@@ -332,7 +332,7 @@ class DetectionsPrompt(PromptStep):
             it = by_name(str(d["file_name"])) if d.get("file_name") else None
             if it is None and iid is not None:
                 it = id_to_item.get(iid)
-                if it is None and not has_mapping and isinstance(iid, str | int):
+                if it is None and (isinstance(iid, str) or (isinstance(iid, int) and not has_mapping)):
                     it = by_name(str(iid))  # a file name, or a number naming the file's stem ("7.jpg")
                 if it is None and isinstance(iid, int) and not has_mapping and not ids_are_real:
                     raise self.error(
