@@ -14,11 +14,21 @@ JSON Schemas: ``schemas/distill-phase1.schema.json``, ``schemas/distill-phase2.s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ..yamlconfig import StrictModel as _Strict
+
+
+def _check_image_size(v: int) -> int:
+    if v < 64 or v % 32:
+        raise ValueError("image_size must be a multiple of 32 and at least 64")
+    return v
+
+
+#: A model input side: a multiple of 32, at least 64 (used by the distillation and evaluation configs).
+ImageSize = Annotated[int, AfterValidator(_check_image_size)]
 
 
 class DataConfig(_Strict):
@@ -131,7 +141,7 @@ class _RunConfig(_Strict):
         None, description="teacher-embedding cache; null runs the teacher encoder online every step"
     )
     output_dir: Path = Field(description="checkpoints, metrics and the final state_dict go here")
-    image_size: int = Field(1024, description="model input side (1024 official; 128/256 for CPU tests)")
+    image_size: ImageSize = Field(1024, description="model input side (1024 official; 128/256 for CPU tests)")
     hflip: float = Field(
         0.0, ge=0, le=1, description="horizontal-flip probability (augmentation; needs the online teacher)"
     )
@@ -150,13 +160,6 @@ class _RunConfig(_Strict):
     resume: bool = True
     device: str | None = Field(None, description="cpu / cuda / cuda:N (default: cuda:LOCAL_RANK if any)")
     threads: int | None = Field(None, gt=0)
-
-    @field_validator("image_size")
-    @classmethod
-    def _size(cls, v: int) -> int:
-        if v < 64 or v % 32:
-            raise ValueError("image_size must be a multiple of 32 and at least 64")
-        return v
 
     @model_validator(mode="after")
     def _augment(self) -> _RunConfig:
@@ -222,7 +225,7 @@ class EvalConfig(_Strict):
     data: DataConfig
     models: list[EvalModelConfig] = Field(min_length=1)
     output: Path = Field(description="the JSON report")
-    image_size: int = 1024
+    image_size: ImageSize = 1024
     prompts: list[Literal["box", "point"]] = Field(["box", "point"])
     refine_iters: int = Field(2, ge=0, description="refinement points after the first prompt")
     num_multimask_outputs: Literal[1, 3, 4] = 1
@@ -236,13 +239,6 @@ class EvalConfig(_Strict):
     seed: int = 0
     device: str | None = None
     threads: int | None = Field(None, gt=0)
-
-    @field_validator("image_size")
-    @classmethod
-    def _size(cls, v: int) -> int:
-        if v < 64 or v % 32:
-            raise ValueError("image_size must be a multiple of 32 and at least 64")
-        return v
 
     @model_validator(mode="after")
     def _names(self) -> EvalConfig:
