@@ -120,13 +120,14 @@ def run_batch(
     tasks: list[Any],
     settings: Settings,
     metrics: Metrics,
-    answer: Callable[[Any, int, float], Any],
+    answer: Callable[[Any, int, float], tuple[Any, bool]],
 ) -> list[Any]:
-    """One answer per task, in order: ``answer(task, i, wait)`` returns the stored prediction or ``[]``
-    (computed in the background; see :mod:`.preannotate`), waiting at most ``wait`` seconds. Waits
-    (``preannotate_wait``) stop once the time budget would be exceeded: the rest answer ``[]`` and
-    reach Label Studio through its API. A task that cannot be predicted gets ``[]`` (the error is
-    raised for a single task)."""
+    """One answer per task, in order: ``answer(task, i, wait)`` returns ``(stored prediction or [],
+    still computing)`` (computed in the background; see :mod:`.preannotate`), waiting at most ``wait``
+    seconds. Waits (``preannotate_wait``) stop once the time budget would be exceeded; a task whose
+    result was waited for but is not ready counts as deferred (it reaches Label Studio through its API
+    or the next request). A task that cannot be predicted gets ``[]`` (the error is raised for a
+    single task)."""
     results: list[Any] = []
     budget = settings.batch_time_budget
     t_start = time.monotonic()
@@ -142,11 +143,12 @@ def run_batch(
         if wait and budget:
             if i and elapsed + per_task > budget:
                 wait = 0.0
-                deferred += 1
             else:
                 wait = max(0.0, min(wait, budget - elapsed))
         try:
-            results.append(answer(task, i, wait))
+            result, pending = answer(task, i, wait)
+            results.append(result)
+            deferred += int(pending and settings.preannotate_wait > 0)
         except BackendError as exc:
             if len(tasks) == 1:
                 raise
@@ -156,7 +158,7 @@ def run_batch(
             results.append([])
     if deferred:
         log.warning(
-            "batch time budget of %.0f s reached: %d of %d tasks answered without waiting",
+            "batch time budget of %.0f s: %d of %d tasks answered before their result was ready",
             budget,
             deferred,
             len(tasks),

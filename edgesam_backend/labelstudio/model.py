@@ -304,12 +304,13 @@ class EdgeSAMBackend(PreannotationJobs):
         if not self.settings.batch:
             return [[] for _ in tasks]  # interactive only (EDGESAM_BATCH=false): no predictions stored
 
-        def answer(task: Any, i: int, wait: float) -> Any:
+        def answer(task: Any, i: int, wait: float) -> tuple[Any, bool]:
             job = self.preannotation_job(task, i, config, state)
             if job is None:
-                return []
+                return [], False
             tid = task.get("id") if isinstance(task.get("id"), int) else None
-            return self.preannotator.answer(tid, job[0], job[1], wait)
+            result = self.preannotator.answer(tid, job[0], job[1], wait)
+            return result, result == [] and self.preannotator.running(job[0])
 
         return batch.run_batch(tasks, self.settings, self.metrics, answer)
 

@@ -84,6 +84,11 @@ class Preannotator:
     def pending(self) -> int:
         return len(self._flights)
 
+    def running(self, key: str) -> bool:
+        """Whether the job for ``key`` is queued or running."""
+        with self._lock:
+            return key in self._flights
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

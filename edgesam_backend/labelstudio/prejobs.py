@@ -63,7 +63,7 @@ class PreannotationJobs:
                     try:
                         records = self.automatic_masks(emb, state)
                     except GenerationStopped:
-                        self.metrics.batch_deferred.inc()
+                        self.metrics.preannotations.inc("stopped")
                         raise BackendError(
                             f"automatic masks stopped (time budget of {budget_s:g} s, "
                             "EDGESAM_BATCH_TIME_BUDGET, or nobody waits any more); retried next time",
