@@ -182,7 +182,8 @@ class BasePredictor(ABC):
         b = coords.shape[0]
         if not step or b <= step:
             return self._decode(emb.embeddings, coords, labels, mask)
-        low = np.empty((b, NUM_MASK_TOKENS, transforms.LOW_RES_SIZE, transforms.LOW_RES_SIZE), np.float32)
+        side = transforms.low_res_size(emb.image_size)  # the model's own low-res grid (S/4)
+        low = np.empty((b, NUM_MASK_TOKENS, side, side), np.float32)
         iou = np.empty((b, NUM_MASK_TOKENS), np.float32)
         stab = np.empty((b, NUM_MASK_TOKENS), np.float32)
         for s in range(0, b, step):
