@@ -70,3 +70,22 @@ PROMPTS = {
 }
 ORIGINAL_HW = (1200, 1800)
 INPUT_HW = (683, 1024)
+
+
+@pytest.fixture(scope="session")
+def small_edgesam(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A seeded random EdgeSAM at 64 px (cheap to train and export): ``(checkpoint with its
+    image_size, its ONNX export directory)``."""
+    torch = pytest.importorskip("torch")
+    from edgesam_backend.export.onnx import export_onnx
+    from edgesam_backend.model.checkpoint import with_metadata
+    from edgesam_backend.model.edge_sam import build_edge_sam
+
+    d = tmp_path_factory.mktemp("small")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_edge_sam(image_size=64)
+    ckpt = d / "small.pth"
+    torch.save(with_metadata(model.state_dict(), 64), ckpt)
+    export_onnx(ckpt, d / "onnx")
+    return ckpt, d / "onnx"

@@ -20,6 +20,7 @@ from PIL import Image
 
 from edgesam_backend.formats.labelstudio import coords
 from edgesam_backend.formats.labelstudio.rle import rle_to_mask
+from edgesam_backend.labelstudio import interactive
 from edgesam_backend.labelstudio.app import create_app
 from edgesam_backend.labelstudio.images import ImageFetcher
 from edgesam_backend.labelstudio.settings import Settings
@@ -560,7 +561,7 @@ def test_predict_mask_equals_predictor_predict(client, onnx_predictor, emb1) -> 
         labels[0] = 1
         box = np.array([50.5, 40.25, 400.75, 300.0]) if i % 4 == 3 else None
         for k, kind in ((1, None), (3, "stability"), (3, "iou"), (4, "stability")):
-            mask, score = backend.predict_mask(emb, pts, labels, box, k, kind)
+            mask, score = interactive.predict_mask(backend.predictor, emb, pts, labels, box, k, kind)
             pred = onnx_predictor.predict(pts, labels, box, num_multimask_outputs=k, embedding=emb)
             idx = 0 if kind is None else pred.best(kind)
             assert np.array_equal(mask, pred.masks[idx]), (i, k, kind)

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -393,3 +394,102 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
         for d, want in zip(sdk_decode(ls_venv, sdk_items, tmp_path), expected_masks, strict=True):
             assert np.array_equal(d == 255, want)
     print(f"label studio e2e: {time.monotonic() - t_start:.1f} s")
+
+
+# --- learning from the project ---------------------------------------------------------------------
+
+TRAIN_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="Shape"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Shape" smart="true"/></KeyPointLabels>
+</View>"""
+
+
+def test_label_studio_start_training_serves_a_new_version(
+    ls_venv: Path, small_edgesam, tmp_path: Path
+) -> None:
+    """Annotations made through Label Studio's API → "Start Training" (``POST /api/ml/{id}/train``,
+    which Label Studio turns into START_TRAINING on /webhook) → a fit in the background → a new version
+    in ``/versions`` (as Label Studio lists it) that answers the next click."""
+    from edgesam_backend.formats.labelstudio.rle import mask_to_rle
+    from edgesam_backend.labelstudio.app import create_app
+    from edgesam_backend.labelstudio.settings import Settings
+
+    ckpt, onnx = small_edgesam
+    rng = np.random.default_rng(3)
+    with ls_server.label_studio(tmp_path) as ls, ls.client() as api:
+        settings = Settings.from_env(
+            {},
+            label_studio_url=ls.url,
+            label_studio_api_key=ls.token,
+            onnx_dir=onnx,
+            train_init=str(ckpt),
+            train_dir=tmp_path / "fits",
+            train_steps=4,
+            train_threads=1,
+            train_max_drop=100.0,
+            preannotate="none",
+        )
+        app = create_app(settings)
+        with _Backend(app) as backend:
+            pid = api.post("/api/projects", json={"title": "fit", "label_config": TRAIN_CONFIG}).json()["id"]
+            for i in range(3):
+                img = rng.integers(0, 60, (80, 96, 3), dtype=np.uint8)
+                img[20:50, 30:70] = (230, 200, 40)
+                path = tmp_path / f"shape{i}.png"
+                Image.fromarray(img).save(path)
+                with open(path, "rb") as f:
+                    r = api.post(f"/api/projects/{pid}/import", files={"file": (path.name, f, "image/png")})
+                assert r.status_code == 201, r.text
+            mask = np.zeros((80, 96), bool)
+            mask[20:50, 30:70] = True
+            brush = {
+                "from_name": "tag",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": 96,
+                "original_height": 80,
+                "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": ["Shape"]},
+            }
+            tasks = api.get("/api/tasks", params={"project": pid}).json()["tasks"]
+            for t in tasks:
+                r = api.post(f"/api/tasks/{t['id']}/annotations", json={"result": [brush]})
+                assert r.status_code == 201, r.text
+            r = api.post(
+                "/api/ml",
+                json={"url": backend.url, "project": pid, "title": "edgesam", "is_interactive": True},
+            )
+            assert r.status_code == 201 and r.json()["state"] == "CO", r.text
+            mlid = r.json()["id"]
+            base = api.get(f"/api/ml/{mlid}/versions").json()["versions"]
+            assert len(base) == 1, base
+
+            r = api.post(f"/api/ml/{mlid}/train", json={})
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                versions = api.get(f"/api/ml/{mlid}/versions").json()["versions"]
+                if len(versions) == 2:
+                    break
+                time.sleep(2)
+            jobs = app.state.backend.fits.status()
+            assert len(versions) == 2, jobs
+            assert jobs["finished"][-1]["state"] == "done" and jobs["finished"][-1]["tasks"] == 3, jobs
+            new = versions[1]
+            kp = {
+                "from_name": "kp",
+                "to_name": "image",
+                "type": "keypointlabels",
+                "original_width": 96,
+                "original_height": 80,
+                "value": {"x": 50.0, "y": 43.75, "width": 1, "keypointlabels": ["Shape"]},
+                "is_positive": True,
+            }
+            r = api.post(
+                f"/api/ml/{mlid}/interactive-annotating",
+                json={"task": tasks[0]["id"], "context": {"result": [kp]}},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["data"]["model_version"] == new, r.json()
+            metrics = httpx.get(f"{backend.url}/metrics").text
+            assert 'edgesam_training_total{outcome="swapped"} 1' in metrics

@@ -57,13 +57,16 @@ _SCRIPT = textwrap.dedent(
 
     app = create_app(Settings.from_env({}, onnx_dir=onnx_dir))
     assert TestClient(app).get("/health").status_code == 200
+    r = TestClient(app).post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    train = [r.status_code, r.json().get("detail", "")]
 
     from edgesam_backend.pipeline import load_pipeline, run_pipeline
 
     summary = run_pipeline(load_pipeline(pipeline_yaml), progress=False)
     loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
     print(json.dumps({"attempts": attempts, "loaded": loaded, "imported": imported,
-                      "version": app.state.backend.model_version, "summary": summary}))
+                      "version": app.state.backend.model_version, "summary": summary,
+                      "train": train}))
     """
 )
 
@@ -93,6 +96,8 @@ def test_serving_packages_run_without_torch(onnx_dir: Path, tmp_path: Path) -> N
         assert any(m.startswith(f"edgesam_backend.{pkg}.") for m in out["imported"]), pkg
     assert "edgesam_backend.pipeline.steps.segment" in out["imported"]
     assert out["version"].startswith("edgesam-")
+    status, detail = out["train"]  # Label Studio's "Start Training" without the [torch] extra
+    assert status == 422 and "edgesam-backend[torch]" in detail, out["train"]
     summary = out["summary"]
     assert (summary["images"], summary["processed"], summary["failed"]) == (1, 1, 0), summary
     assert summary["exports"]["export.coco"]["images"] == 1, summary

@@ -59,6 +59,28 @@ def load_backend_predictor(settings: Settings) -> tuple[BasePredictor, str]:
     return predictor, version
 
 
+def serving_onnx_dir(settings: Settings) -> Path | None:
+    """The ONNX directory the base model is served from (``EDGESAM_ONNX_DIR``, else ``MODEL_DIR`` or
+    ``MODEL_DIR/onnx`` when they hold the files), None when it comes from ``EDGESAM_CHECKPOINT``."""
+    from ..runtime.model_files import onnx_files
+
+    if settings.onnx_dir:
+        return settings.onnx_dir
+    candidates = [settings.model_dir, settings.model_dir / "onnx"]
+    return next((Path(d) for d in candidates if onnx_files(d)[0].is_file()), None)
+
+
+def base_checkpoint(settings: Settings, custom_predictor: bool) -> str | None:
+    """The checkpoint a fit of the base model starts from: ``EDGESAM_TRAIN_INIT``, else
+    ``EDGESAM_CHECKPOINT`` when the model was resolved from it (None: unknown, ONNX files or a custom
+    predictor)."""
+    if settings.train_init:
+        return settings.train_init
+    if custom_predictor or serving_onnx_dir(settings) is not None:
+        return None
+    return settings.checkpoint
+
+
 def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
     """``(predictor, model version, encoder sha256)``; the digest names the embedding store's namespace
     (the pipeline uses the same one).
@@ -69,12 +91,9 @@ def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
     ``EDGESAM_INT8`` and ``EDGESAM_DEVICE`` apply either way.
     """
     from ..engine import onnx_predictor
-    from ..runtime.model_files import onnx_files
     from ..runtime.resolve import resolve_model
 
-    candidates = [settings.model_dir, settings.model_dir / "onnx"]
-    found = next((Path(d) for d in candidates if onnx_files(d)[0].is_file()), None)
-    onnx_dir = settings.onnx_dir if settings.onnx_dir else found
+    onnx_dir = serving_onnx_dir(settings)
     model = resolve_model(
         None if onnx_dir is not None else settings.checkpoint,
         onnx_dir=onnx_dir,
@@ -161,6 +180,7 @@ def create_app(
     """Build the app. Without ``predictor`` the model is loaded now (before serving), from settings.
     ``store_namespace`` names the encoder in the embedding store (default: the model version)."""
     settings = settings or Settings.from_env()
+    custom = predictor is not None
     if predictor is None:
         predictor, version, store_namespace = load_backend_model(settings)
     else:
@@ -168,7 +188,13 @@ def create_app(
     version = model_version or version
     metrics = Metrics()
     backend = EdgeSAMBackend(
-        settings, predictor, version, fetcher=fetcher, metrics=metrics, store_namespace=store_namespace
+        settings,
+        predictor,
+        version,
+        fetcher=fetcher,
+        metrics=metrics,
+        store_namespace=store_namespace,
+        checkpoint=base_checkpoint(settings, custom_predictor=custom),
     )
     interactive_limiter = anyio.CapacityLimiter(settings.threads)
     batch_limiter = anyio.CapacityLimiter(max(1, settings.threads // 2))
@@ -263,7 +289,7 @@ def create_app(
 
     @app.get("/versions")
     async def versions() -> dict[str, Any]:
-        return {"versions": [backend.model_version]}
+        return {"versions": backend.version_names()}
 
     @app.get("/metrics")
     async def metrics_route() -> Response:

@@ -19,15 +19,11 @@ import hashlib
 import time
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from ..formats.labelstudio.coords import rotate_mask
 from ..runtime.base import BasePredictor, ImageEmbedding
-from ..runtime.embedding_store import EmbeddingStore
 from ..runtime.prompts import PromptError
 from . import batch, interactive
-from .cache import EmbeddingLRU, SingleFlight, UrlIndex
+from .cache import SingleFlight, UrlIndex
 from .config import LabelConfig, LabelConfigError, parse_label_config
 from .context import parse_context, to_pixels
 from .errors import BadRequest, Unprocessable
@@ -40,15 +36,12 @@ from .prejobs import PreannotationJobs
 from .priority import Priority
 from .projects import Projects, ProjectState, option, parse_extra, project_key
 from .regions import mask_regions
+from .serving import ServedModels, Serving
 from .settings import MaskChoice, Settings
 
 
-def _embedding_nbytes(e: ImageEmbedding) -> int:
-    return int(e.embeddings.nbytes) + 1024
-
-
-class EdgeSAMBackend(PreannotationJobs):
-    """Owns the predictor, the embedding cache and the image fetcher; thread-safe."""
+class EdgeSAMBackend(PreannotationJobs, ServedModels):
+    """Owns the served model (:mod:`.serving`), the image fetcher and the jobs; thread-safe."""
 
     def __init__(
         self,
@@ -58,15 +51,11 @@ class EdgeSAMBackend(PreannotationJobs):
         fetcher: ImageFetcher | None = None,
         metrics: Metrics | None = None,
         store_namespace: str | None = None,
+        checkpoint: str | None = None,
     ) -> None:
         self.settings = settings
-        self.predictor = predictor
-        self.model_version = model_version
         self.fetcher = fetcher or ImageFetcher(settings)
         self.metrics = metrics or Metrics()
-        self.cache: EmbeddingLRU[ImageEmbedding] = EmbeddingLRU(
-            int(settings.cache_mb * 1024 * 1024), _embedding_nbytes
-        )
         self.url_index = UrlIndex(settings.url_ttl)
         self._downloads: SingleFlight[tuple[ImageEmbedding, bool]] = SingleFlight()
         self.projects = Projects()
@@ -79,18 +68,13 @@ class EdgeSAMBackend(PreannotationJobs):
             priority=self.priority,
             max_seconds=settings.precompute_max_seconds,
         )
-        self.store: EmbeddingStore | None = None
-        if settings.embedding_store is not None:
-            ns = "".join(c for c in (store_namespace or model_version) if c.isalnum() or c in "-_")
-            self.store = EmbeddingStore(
-                settings.embedding_store, int(settings.embedding_store_mb * 1024 * 1024), ns or "model"
-            )
         self.api = LabelStudioAPI(
             settings.label_studio_url,
             settings.label_studio_api_key,
             self.fetcher.client,
             settings.fetch_timeout,
         )
+        self._init_serving(predictor, model_version, store_namespace or model_version, checkpoint)
         self.preannotator = Preannotator(self._post if self.api.configured else None, self.metrics)
         m = self.metrics
         m.cache_hits.inc(amount=0)
@@ -109,6 +93,7 @@ class EdgeSAMBackend(PreannotationJobs):
         )
 
     def close(self) -> None:
+        self.fits.close()
         self.preannotator.close()
         self.precompute.close()
         self.fetcher.close()
@@ -125,6 +110,7 @@ class EdgeSAMBackend(PreannotationJobs):
         extra = parse_extra(body.get("extra_params"))
         if "default_label" in extra:
             self._default_label(config, extra)  # validates it against the config
+        self.select_version(extra)
         self.fetcher.set_fallback(body.get("hostname"), body.get("access_token"))
         key = project_key(body.get("project"))
         if key is not None:
@@ -140,12 +126,16 @@ class EdgeSAMBackend(PreannotationJobs):
             return False
         return digest is not None and digest in self.cache
 
-    def embedding(self, url: Any, task_id: int | None) -> tuple[ImageEmbedding, bool]:
-        """``(embedding, cache_hit)`` of the task image at ``url``; one download/encode per image."""
+    def embedding(
+        self, url: Any, task_id: int | None, serving: Serving | None = None
+    ) -> tuple[ImageEmbedding, bool]:
+        """``(embedding, cache_hit)`` of the task image at ``url`` by ``serving`` (default: the current
+        version's encoder); one download/encode per image and encoder."""
+        s = serving or self.serving
         ident = self.fetcher.identity(url, task_id)
         digest = self.url_index.get(ident)
         if digest is not None:
-            emb = self.cache.get(digest)
+            emb = s.cache.get(digest)
             if emb is not None:
                 self.metrics.cache_hits.inc()
                 return emb, True
@@ -157,24 +147,24 @@ class EdgeSAMBackend(PreannotationJobs):
             dig = hashlib.sha256(data).hexdigest()
 
             def encode() -> ImageEmbedding:
-                if self.store is not None:
-                    stored = self.store.get(dig)
+                if s.store is not None:
+                    stored = s.store.get(dig)
                     self.metrics.store.inc("hit" if stored is not None else "miss")
                     if stored is not None:
                         return stored
                 image = decode_image(data, self.settings.max_image_pixels)
                 t1 = time.perf_counter()
-                emb = self.predictor.encode(image)
+                emb = s.predictor.encode(image)
                 self.metrics.encode_seconds.observe(time.perf_counter() - t1)
-                if self.store is not None:
-                    self.store.put(dig, emb)
+                if s.store is not None:
+                    s.store.put(dig, emb)
                 return emb
 
-            emb, hit = self.cache.get_or_compute(dig, encode)
+            emb, hit = s.cache.get_or_compute(dig, encode)
             self.url_index.put(ident, dig)
             return emb, hit
 
-        (emb, hit), shared = self._downloads.do(ident, load)
+        (emb, hit), shared = self._downloads.do((s.encoder_id, ident), load)
         hit = hit or shared
         (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
         return emb, hit
@@ -244,12 +234,13 @@ class EdgeSAMBackend(PreannotationJobs):
         raw = parse_context(context, config)
         url, tid = self._image_url(task, config, 0)
         label = raw.label or self._default_label(config, state.extra if state else None)
-        emb, _ = self.embedding(url, tid)
+        serving = self.serving  # one version for the whole request (see .serving)
+        emb, _ = self.embedding(url, tid, serving)
         t0 = time.perf_counter()
-        regions, score = self._prompt_regions(emb, raw, label, config, state)
+        regions, score = self._prompt_regions(emb, raw, label, config, state, serving)
         self.metrics.decode_seconds.observe(time.perf_counter() - t0, "interactive")
         self.metrics.predictions.inc("interactive")
-        return {"result": regions, "score": round(score, 6), "model_version": self.model_version}
+        return {"result": regions, "score": round(score, 6), "model_version": serving.version}
 
     def _prompt_regions(
         self,
@@ -258,14 +249,16 @@ class EdgeSAMBackend(PreannotationJobs):
         label: str,
         config: LabelConfig,
         state: ProjectState | None,
+        serving: Serving,
     ) -> tuple[list[dict[str, Any]], float]:
-        """One prompt (a :class:`.context.RawPrompt`) → its mask's regions on the label's outputs."""
+        """One prompt (a :class:`.context.RawPrompt`) → its mask's regions on the label's outputs, by
+        ``serving``'s predictor (the one that computed ``emb``)."""
         prompt = to_pixels(raw, emb.original_hw)
         mode: MaskChoice = option(state, "mask_choice", self.settings.mask_choice)
         k, kind = interactive.choose_mask(mode, raw.n_points, prompt.box is not None)
         try:
-            mask, score = self.predict_mask(
-                emb, prompt.point_coords, prompt.point_labels, prompt.box, k, kind
+            mask, score = interactive.predict_mask(
+                serving.predictor, emb, prompt.point_coords, prompt.point_labels, prompt.box, k, kind
             )
         except PromptError as exc:
             raise Unprocessable(f"invalid prompt: {exc}") from None
@@ -282,23 +275,11 @@ class EdgeSAMBackend(PreannotationJobs):
         )
         return regions, score
 
-    def predict_mask(
-        self,
-        emb: ImageEmbedding,
-        point_coords: NDArray[np.float64] | None,
-        point_labels: NDArray[np.int64] | None,
-        box: NDArray[np.float64] | None,
-        num_multimask_outputs: int,
-        kind: str | None,
-    ) -> tuple[NDArray[np.bool_], float]:
-        """See :func:`.interactive.predict_mask` (``predict(...)`` at ``best(kind)``, one upscale)."""
-        return interactive.predict_mask(
-            self.predictor, emb, point_coords, point_labels, box, num_multimask_outputs, kind
-        )
-
-    def automatic_masks(self, emb: ImageEmbedding, state: ProjectState | None = None) -> list[dict[str, Any]]:
+    def automatic_masks(
+        self, emb: ImageEmbedding, state: ProjectState | None = None, serving: Serving | None = None
+    ) -> list[dict[str, Any]]:
         """See :func:`.batch.automatic_masks` (records capped at max_regions, bool segmentations)."""
-        return batch.automatic_masks(self.predictor, self.settings, emb, state)
+        return batch.automatic_masks((serving or self.serving).predictor, self.settings, emb, state)
 
     def _batch(self, tasks: list[Any], config: LabelConfig, state: ProjectState | None) -> list[Any]:
         if not self.settings.batch:
@@ -320,6 +301,10 @@ class EdgeSAMBackend(PreannotationJobs):
     # --- /webhook ------------------------------------------------------------------------------------
     def webhook(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         action = body.get("action")
+        if isinstance(action, str):
+            answer = self.training_webhook(action, body)
+            if answer is not None:
+                return answer
         if action == "TASKS_CREATED":
             n = self.precompute.queue(body) if self.settings.precompute_on_webhook else 0
             m = self._preannotate_created(body) if self.settings.batch else 0

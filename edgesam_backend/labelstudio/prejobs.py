@@ -27,15 +27,16 @@ from .task_prompts import TaskPrompt, prompts_fingerprint, task_prompts
 
 class PreannotationJobs:
     """Needs the backend's ``settings``, ``fetcher``, ``projects``, ``preannotator``, ``metrics``,
-    ``model_version``, ``embedding()``, ``automatic_masks()``, ``_image_url()``, ``_default_label()``
-    and ``_prompt_regions()``."""
+    ``serving`` (a job computes with the version served when it was keyed), ``version_names()``,
+    ``embedding()``, ``automatic_masks()``, ``_image_url()``, ``_default_label()`` and
+    ``_prompt_regions()``."""
 
     settings: Any
     fetcher: Any
     projects: Any
     preannotator: Any
     metrics: Any
-    model_version: str
+    serving: Any
 
     def preannotation_job(
         self, task: Any, i: int, config: LabelConfig, state: ProjectState | None
@@ -49,19 +50,21 @@ class PreannotationJobs:
         ident = self.fetcher.identity(url, tid)
         extra = state.extra if state else None
         schema = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+        serving = self.serving
+        version = serving.version
         if mode == "automatic":
             label = self._default_label(config, extra)
             opts = batch.automatic_options(self.settings, state)
-            key = job_key(ident, mode, opts, label, schema, self.model_version)
+            key = job_key(ident, mode, opts, label, schema, version)
 
             def automatic() -> dict[str, Any] | None:
-                emb, _ = self.embedding(url, tid)
+                emb, _ = self.embedding(url, tid, serving)
                 t0 = time.perf_counter()
                 budget_s = self.settings.batch_time_budget
                 # one job may not hold the background worker longer than the batch time budget
                 with _budget.deadline(time.monotonic() + budget_s if budget_s else None):
                     try:
-                        records = self.automatic_masks(emb, state)
+                        records = self.automatic_masks(emb, state, serving)
                     except GenerationStopped:
                         self.metrics.preannotations.inc("stopped")
                         raise BackendError(
@@ -69,7 +72,7 @@ class PreannotationJobs:
                             "EDGESAM_BATCH_TIME_BUDGET, or nobody waits any more); retried next time",
                             503,
                         ) from None
-                pred = batch.records_prediction(records, config, label, self.settings, self.model_version)
+                pred = batch.records_prediction(records, config, label, self.settings, version)
                 self.metrics.decode_seconds.observe(time.perf_counter() - t0, "batch")
                 self.metrics.predictions.inc("batch")
                 return pred
@@ -77,12 +80,12 @@ class PreannotationJobs:
             return key, automatic
         label_map = option(state, "label_map", self.settings.label_map)
         default = (extra or {}).get("default_label") or self.settings.default_label
-        prompts = task_prompts(task, config, label_map, default, {self.model_version})
+        prompts = task_prompts(task, config, label_map, default, set(self.version_names()))
         if not prompts:
             return None
         choice = option(state, "mask_choice", self.settings.mask_choice)
-        key = job_key(ident, mode, prompts_fingerprint(prompts), choice, schema, self.model_version)
-        return key, lambda: self._prompts_prediction(url, tid, prompts, config, state)
+        key = job_key(ident, mode, prompts_fingerprint(prompts), choice, schema, version)
+        return key, lambda: self._prompts_prediction(url, tid, prompts, config, state, serving)
 
     def _prompts_prediction(
         self,
@@ -91,14 +94,15 @@ class PreannotationJobs:
         prompts: list[TaskPrompt],
         config: LabelConfig,
         state: ProjectState | None,
+        serving: Any,
     ) -> dict[str, Any] | None:
-        emb, _ = self.embedding(url, tid)
+        emb, _ = self.embedding(url, tid, serving)
         t0 = time.perf_counter()
         regions: list[dict[str, Any]] = []
         scores: list[float] = []
         for p in prompts:
             try:
-                r, score = self._prompt_regions(emb, p.raw, p.label, config, state)
+                r, score = self._prompt_regions(emb, p.raw, p.label, config, state, serving)
             except Unprocessable:
                 continue  # e.g. a degenerate box: skip that region only
             regions += r
@@ -110,7 +114,7 @@ class PreannotationJobs:
         return {
             "result": regions,
             "score": round(float(np.mean(scores)), 6),
-            "model_version": self.model_version,
+            "model_version": serving.version,
         }
 
     def _preannotate_created(self, body: dict[str, Any]) -> int:

@@ -14,6 +14,8 @@
 | ``EDGESAM_PREANNOTATE`` | ``from-prompts`` | ``none``, ``automatic`` or ``from-prompts`` (see the README) |
 | ``EDGESAM_LABEL_MAP`` | – | JSON ``{"car": "Vehicle"}``: source label → output label (from-prompts) |
 | ``EDGESAM_EMBEDDING_STORE`` / ``_MB`` | – / ``4096`` | persistent embedding store folder / its size bound |
+| ``EDGESAM_TRAIN_*`` | see :class:`Settings` | learning from the project (:mod:`.fit`) |
+| ``EDGESAM_SERVE_VERSION`` | – | serve ``base`` or a version of ``/versions`` (:mod:`.versions`) |
 | ``EDGESAM_*`` | see :class:`Settings` | model, cache, image limits, mask choice, batch mode |
 
 Request limits (a request over one is answered 4xx with a message naming the variable):
@@ -67,6 +69,19 @@ class Settings(BaseModel):
     model_version: str | None = None
     int8: bool = False
     device: Device = "cpu"
+
+    # learning from the project (labelstudio/fit.py) and the served version (labelstudio/versions.py)
+    train_dir: Path | None = None
+    train_init: str | None = None
+    train_steps: int = Field(200, ge=1, le=1_000_000)
+    train_batch_size: int = Field(2, ge=1, le=256)
+    train_lr: float = Field(1e-4, gt=0, le=1)
+    train_freeze: Literal["none", "encoder", "encoder+prompt_encoder"] = "encoder"
+    train_every: int = Field(0, ge=0)
+    train_threads: int | None = Field(None, ge=1)
+    train_min_tasks: int = Field(1, ge=1)
+    train_max_drop: float = Field(1.0, ge=0)
+    serve_version: str | None = None
 
     # interactive
     mask_choice: MaskChoice = "auto"
@@ -143,6 +158,11 @@ class Settings(BaseModel):
         return v
 
     @property
+    def resolved_train_dir(self) -> Path:
+        """Where fits and fitted versions live: ``EDGESAM_TRAIN_DIR``, else ``MODEL_DIR/edgesam-fits``."""
+        return self.train_dir if self.train_dir is not None else self.model_dir / "edgesam-fits"
+
+    @property
     def basic_auth(self) -> tuple[str, str] | None:
         if self.basic_auth_user:
             return self.basic_auth_user, self.basic_auth_pass or ""
@@ -212,6 +232,7 @@ EXTRA_PARAM_FIELDS = {
     "max_prompts": "amg_max_prompts",
     "preannotate": "preannotate",
     "label_map": "label_map",
+    "model_version": "serve_version",
 }
 
 

@@ -92,6 +92,7 @@ class OnnxPredictor(BasePredictor):
         if max_decode_batch == "auto":
             max_decode_batch = CPU_DECODE_BATCH if plan.chosen == "cpu" else None
         self.max_decode_batch = None if max_decode_batch is None else max(1, int(max_decode_batch))
+        self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         self.encoder = _session(encoder_path, session_options(intra_op_num_threads), plan)
         self.decoder = _session(decoder_path, session_options(intra_op_num_threads, decoder_mem_arena), plan)
         #: Providers onnxruntime actually attached (the encoder's session), in priority order.

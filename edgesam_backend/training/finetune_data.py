@@ -32,7 +32,7 @@ from pycocotools import mask as mask_utils
 
 from ..formats.coco import CocoFormatError, read_coco
 from ..formats.coco import decode_segmentation as decode_mask
-from ..formats.labelstudio.rle import rle_to_mask
+from ..formats.labelstudio.results import first_annotation, result_segmentation
 from ..runtime import transforms
 from ..runtime.image import load_image
 
@@ -85,19 +85,6 @@ def _ls_file(images: Path, url: str) -> Path:
     return path
 
 
-def _ls_region(res: dict[str, Any]) -> tuple[NDArray[np.uint8] | list[list[float]], int, int] | None:
-    """A brush result → ``(H, W)`` uint8 mask; a polygon → a COCO polygon in pixels; else None."""
-    h, w = int(res["original_height"]), int(res["original_width"])
-    value = res.get("value", {})
-    kind = res.get("type")
-    if kind == "brushlabels" and value.get("format") == "rle":
-        return (rle_to_mask(value["rle"], h, w) > 127).astype(np.uint8), h, w
-    if kind == "polygonlabels" and value.get("points"):
-        pts = np.asarray(value["points"], np.float64) * np.array([w, h]) / 100.0
-        return [pts.reshape(-1).tolist()], h, w
-    return None
-
-
 def read_labelstudio_masks(images: Path, export: Path) -> list[MaskRecord]:
     """Label Studio JSON export → records in task order (tasks without masks kept, empty)."""
     tasks = json.loads(Path(export).read_text())
@@ -108,16 +95,16 @@ def read_labelstudio_masks(images: Path, export: Path) -> list[MaskRecord]:
         url = next(iter(task.get("data", {}).values()), None)
         if not isinstance(url, str):
             raise ValueError(f"{export}: task {task.get('id')} has no image URL in data")
-        anns = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        ann = first_annotation(task)
         segs, hw = [], (-1, -1)
-        for res in anns[0].get("result", []) if anns else []:
-            region = _ls_region(res)
+        for res in (ann or {}).get("result", []):
+            region = result_segmentation(res)
             if region is None:
                 continue
             seg, h, w = region
             hw = (h, w)
             if isinstance(seg, np.ndarray):
-                seg = mask_utils.encode(np.asfortranarray(seg))
+                seg = mask_utils.encode(np.asfortranarray(seg.astype(np.uint8)))
             segs.append(seg)
         recs.append(MaskRecord(_ls_file(images, url), hw[0], hw[1], segs))
     return recs
