@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -191,3 +192,12 @@ def grid_pipeline_yaml(
         "  - kind: prompt.grid\n    points_per_side: 2\n  - kind: segment\n"
     )
     return head + steps
+
+
+# --- training configs --------------------------------------------------------------------------------
+
+
+def coco_data_section(root: Path) -> dict[str, str]:
+    """The ``data:`` section of a distill / eval config for a folder written by
+    :func:`edgesam_backend.training.synthetic.write_coco_dataset` (``images/`` + ``annotations.json``)."""
+    return {"format": "coco", "images": str(root / "images"), "annotations": str(root / "annotations.json")}
