@@ -101,19 +101,13 @@ class DecoderOnnxModel(DecoderGraph):
         super().__init__(model.prompt_encoder, model.mask_decoder, pe)
 
     def decode(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pe = self.prompt_encoder
-        sparse = pe.embed_points(point_coords, point_labels, pad=False)
-        has = has_mask_input.reshape(-1, 1, 1, 1)
+        has = has_mask.reshape(-1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has * pe.embed_masks(mask_input) + (1 - has) * no_mask
-        return self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
+        return self.mask_decoder.predict_masks(embeddings, self.dense_pe, sparse, dense)
 
 
 @dataclass

@@ -4,8 +4,8 @@
 positional encoding, and owns ``forward``: ``image_embeddings (1, 256, h, w)``, ``point_coords (B, N,
 2)`` (x, y) model frame, ``point_labels (B, N)``, ``mask_input (B, 1, 4h, 4w)``, ``has_mask_input (B,)``
 → ``low_res_logits (B, 4, 4h, 4w)``, ``iou_predictions (B, 4)``, ``stability_scores (B, 4)``. A
-subclass writes only :meth:`DecoderGraph.decode` (logits and IoU); the stability score is computed
-here once, in float32 (as the graph has always written it).
+subclass writes only :meth:`DecoderGraph.decode` (embedded points → logits and IoU); the point
+embedding and the stability score (float32, as the graph has always written it) are computed here.
 """
 
 from __future__ import annotations
@@ -39,14 +39,11 @@ class DecoderGraph(nn.Module):
         self.register_buffer("dense_pe", dense_pe, persistent=False)
 
     def decode(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``low_res_logits (B, 4, 4h, 4w)`` and ``iou_predictions (B, 4)`` (module docstring)."""
+        """``embeddings (1, 256, h, w)``, the embedded points ``sparse (B, N, 256)``, ``mask_input (B, 1,
+        4h, 4w)``, ``has_mask (B,)`` (1: use ``mask_input``) → ``low_res_logits (B, 4, 4h, 4w)`` and
+        ``iou_predictions (B, 4)``."""
         raise NotImplementedError
 
     def forward(
@@ -57,5 +54,6 @@ class DecoderGraph(nn.Module):
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        low, iou = self.decode(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        sparse = self.prompt_encoder.embed_points(point_coords, point_labels, pad=False)  # (B, N, 256)
+        low, iou = self.decode(image_embeddings, sparse, mask_input, has_mask_input)
         return low, iou, graph_stability_scores(low)

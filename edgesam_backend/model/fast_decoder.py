@@ -217,23 +217,17 @@ class FastDecoderOnnxModel(DecoderGraph):
         return m.reshape(b, k, 4 * gh, 4 * gw)
 
     def decode(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """See the module docstring; ``image_embeddings`` is one image ``(1, 256, 64, 64)``."""
+        """See the module docstring; ``embeddings`` is one image ``(1, 256, 64, 64)``."""
         md = self.mask_decoder
-        sparse = self.prompt_encoder.embed_points(point_coords, point_labels, pad=False)
         b = sparse.shape[0]
         out_tok = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tok = torch.cat([out_tok.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, T, 256)
 
-        e = image_embeddings.flatten(2).transpose(1, 2)  # (1, I, 256)
+        e = embeddings.flatten(2).transpose(1, 2)  # (1, I, 256)
         h = self.prompt_encoder.mask_downscaling[:-1](mask_input).flatten(2).transpose(1, 2)  # (B, I, 16)
-        has = has_mask_input.reshape(-1, 1, 1)
+        has = has_mask.reshape(-1, 1, 1)
 
         layers = md.transformer.layers
         queries, keys = self._block0(layers[0], tok, e, h, has)
