@@ -226,6 +226,22 @@ class CountingPredictor:
 # --- pipelines ---------------------------------------------------------------------------------------
 
 
+#: Pipeline steps (YAML list items, 2-space indented) after ``segment``: a refine pass, then every
+#: built-in export (COCO, semantic PNGs, YOLO, Label Studio, previews).
+REFINE_AND_EXPORT_ALL = """\
+  - kind: refine
+    stability_score_thresh: 0.2
+    min_mask_region_area: 20
+  - kind: export.coco
+  - kind: export.png
+    semantic: true
+  - kind: export.yolo
+  - kind: export.labelstudio
+  - kind: export.preview
+    max_side: 256
+"""
+
+
 def grid_pipeline_yaml(
     onnx: Any, images: Any, output_dir: Any, executor: str = "{type: local}", steps: str = ""
 ) -> str:

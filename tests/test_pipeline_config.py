@@ -24,6 +24,7 @@ from edgesam_backend.pipeline.overrides import apply_override
 from edgesam_backend.yamlconfig import ConfigError, schema_text
 
 from .conftest import IMAGES, REPO
+from .helpers import REFINE_AND_EXPORT_ALL, grid_pipeline_yaml
 
 EXAMPLES = REPO / "pipelines"
 
@@ -123,6 +124,20 @@ def test_good_pipeline_resolves_paths_against_the_yaml(tmp_path, onnx_stub):
     assert pipe.executor.type == "local" and pipe.max_errors == 10
     assert [s.kind for s in pipe.steps] == ["source.folder", "prompt.grid", "segment", "export.coco"]
     assert pipe.step_where(1).endswith("p.yaml:7:5")
+
+
+def test_shared_refine_and_export_all_steps_validate(tmp_path, onnx_stub):
+    """The step list the Ray and resume runs share (tests/helpers.py) is a valid pipeline tail."""
+    p = write(tmp_path, grid_pipeline_yaml(onnx_stub, IMAGES, "out", steps=REFINE_AND_EXPORT_ALL))
+    kinds = [s.kind for s in load_pipeline(p).steps]
+    assert kinds[3:] == [
+        "refine",
+        "export.coco",
+        "export.png",
+        "export.yolo",
+        "export.labelstudio",
+        "export.preview",
+    ]
 
 
 def test_wrong_types_unknown_kind_unknown_key_point_at_their_lines(tmp_path, onnx_stub):
