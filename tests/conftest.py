@@ -29,6 +29,18 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ls_venv() -> Path:
+    """The Python environment with the pinned Label Studio (installed once from PyPI; skip when that
+    cannot be done) used by the real-Label-Studio tests."""
+    from .e2e_labelstudio import ls_server
+
+    try:
+        return ls_server.ensure_venv()
+    except ls_server.Unavailable as exc:
+        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
+
+
 @pytest.fixture(scope="session")
 def ref_vectors() -> dict[str, np.ndarray]:
     if not CHECKPOINT.is_file():

@@ -54,14 +54,6 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="module")
-def ls_venv() -> Path:
-    try:
-        return ls_server.ensure_venv()
-    except ls_server.Unavailable as exc:
-        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
-
-
 def _screen(page, box: dict) -> np.ndarray:
     png = page.screenshot(clip=box)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)

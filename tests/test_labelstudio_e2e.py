@@ -49,14 +49,6 @@ DETECTOR_CONFIG = """<View>
 AMG = {"points_per_side": 4, "stability_score_thresh": 0.0, "pred_iou_thresh": 0.0, "box_nms_thresh": 0.7}
 
 
-@pytest.fixture(scope="module")
-def ls_venv() -> Path:
-    try:
-        return ls_server.ensure_venv()
-    except ls_server.Unavailable as exc:
-        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
-
-
 def test_rle_matches_label_studio_sdk(ls_venv: Path, tmp_path: Path) -> None:
     """Our encoder vs the sdk's ``mask2rle`` (byte-identical) and its ``decode_rle`` (both ways)."""
     from edgesam_backend.formats.labelstudio.rle import mask_to_rle
