@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import io
-import json
 import os
 import platform
 import random
@@ -43,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from _common import emit_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -338,10 +338,7 @@ def main() -> None:
 
         onnx_dir = resolve_model(DEFAULT_CKPT).encoder.parent
     if args.soak:
-        text = json.dumps(soak(args, onnx_dir), indent=2)
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        emit_result(soak(args, onnx_dir), args.out)
         return
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -451,10 +448,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
             srv.shutdown()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_result(result, args.out)
 
 
 if __name__ == "__main__":

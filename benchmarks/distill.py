@@ -11,7 +11,6 @@ warm-up) are excluded from the median.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import emit_result
 
 from edgesam_backend.training.data import DistillDataset
 from edgesam_backend.training.distill_config import DataConfig, Phase2Config
@@ -112,10 +112,7 @@ def main() -> None:
         "note": "student = real EdgeSAM (RepViT-M1 fuse + SAM decoder); step = forward+backward+AdamW",
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_result(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ checkpoint in ../shared is exported (fp32, then fp16 via ``edgesam export --fp16
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import emit_result
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -154,10 +154,7 @@ def main() -> int:
                 }
             if status["torch_cuda"]:
                 result["torch_cuda"] = bench_torch(args.checkpoint, images[0], args.runs)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_result(result, args.out)
     return 0
 
 

@@ -43,6 +43,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import emit_result
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 EXTS = (".jpg", ".jpeg", ".png")
@@ -326,10 +328,7 @@ def main() -> None:
         "ray_scaling": _ray_scaling(runs),
         "s3_overhead": _s3_overhead(runs),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -16,6 +17,28 @@ CHECKPOINT = REF / "weights_perturbed.pth"
 requires_shared = pytest.mark.skipif(
     not CHECKPOINT.is_file(), reason=f"needs the shared reference data at {REF}"
 )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (restored after): far faster than two on a
+    shared, loaded 2-core machine. Use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ls_venv() -> Path:
+    """The Python environment with the pinned Label Studio (installed once from PyPI; skip when that
+    cannot be done) used by the real-Label-Studio tests."""
+    from .e2e_labelstudio import ls_server
+
+    try:
+        return ls_server.ensure_venv()
+    except ls_server.Unavailable as exc:
+        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
 
 
 @pytest.fixture(scope="session")

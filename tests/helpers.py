@@ -1,10 +1,12 @@
-"""Test helpers shared by several test files: a synthetic disc decoder, Label Studio context regions and a
-free TCP port. (Fixtures live in ``conftest.py``.)"""
+"""Test helpers shared by several test files: a synthetic disc decoder, the Label Studio test config and
+project set-up, Label Studio context regions, a free TCP port, pipeline and training configs.
+(Fixtures live in ``conftest.py``.)"""
 
 from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,50 @@ class DiscPredictor(BasePredictor):
         if self.iou_jitter:
             iou -= (np.arange(b, dtype=np.float32) % 5)[:, None] * 0.01
         return low, iou, stability_score(low)
+
+
+# --- Label Studio ----------------------------------------------------------------------------------
+
+#: The labeling config of the Label Studio tests: a brush (output) and smart keypoints / rectangles
+#: (prompts) on one image, two labels each.
+LS_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Foreground" background="#FF0000"/><Label value="Background" background="#0d14d3"/>
+  </BrushLabels>
+  <KeyPointLabels name="tag2" toName="image" smart="true">
+    <Label value="Foreground" smart="true" background="#FFaa00" showInline="true"/>
+    <Label value="Background" smart="true" background="#00aaFF" showInline="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="tag3" toName="image" smart="true">
+    <Label value="Foreground" background="#FF00FF" showInline="true"/>
+    <Label value="Background" background="#00FF00" showInline="true"/>
+  </RectangleLabels>
+</View>"""
+
+
+def ls_create_project(api: Any, title: str, label_config: str, upload: Path | None = None) -> int:
+    """Create a project on a real Label Studio (``api``: its authenticated ``httpx.Client``) and,
+    with ``upload``, import that JPEG as its first task; returns the project id."""
+    pid = int(api.post("/api/projects", json={"title": title, "label_config": label_config}).json()["id"])
+    if upload is not None:
+        with open(upload, "rb") as f:
+            r = api.post(f"/api/projects/{pid}/import", files={"file": (upload.name, f, "image/jpeg")})
+        assert r.status_code == 201, r.text
+    return pid
+
+
+def ls_connect_backend(api: Any, url: str, project: int, extra_params: dict | None = None) -> dict:
+    """Register the ML backend at ``url`` as the interactive backend ``edgesam`` of ``project``;
+    asserts Label Studio reached it (state ``CO``) and returns the ML backend record."""
+    body: dict[str, Any] = {"url": url, "project": project, "title": "edgesam", "is_interactive": True}
+    if extra_params is not None:
+        body["extra_params"] = extra_params
+    r = api.post("/api/ml", json=body)
+    assert r.status_code == 201, r.text
+    ml = r.json()
+    assert ml["state"] == "CO", ml
+    return ml
 
 
 # --- Label Studio context regions ----------------------------------------------------------------------
@@ -180,6 +226,22 @@ class CountingPredictor:
 # --- pipelines ---------------------------------------------------------------------------------------
 
 
+#: Pipeline steps (YAML list items, 2-space indented) after ``segment``: a refine pass, then every
+#: built-in export (COCO, semantic PNGs, YOLO, Label Studio, previews).
+REFINE_AND_EXPORT_ALL = """\
+  - kind: refine
+    stability_score_thresh: 0.2
+    min_mask_region_area: 20
+  - kind: export.coco
+  - kind: export.png
+    semantic: true
+  - kind: export.yolo
+  - kind: export.labelstudio
+  - kind: export.preview
+    max_side: 256
+"""
+
+
 def grid_pipeline_yaml(
     onnx: Any, images: Any, output_dir: Any, executor: str = "{type: local}", steps: str = ""
 ) -> str:
@@ -191,3 +253,12 @@ def grid_pipeline_yaml(
         "  - kind: prompt.grid\n    points_per_side: 2\n  - kind: segment\n"
     )
     return head + steps
+
+
+# --- training configs --------------------------------------------------------------------------------
+
+
+def coco_data_section(root: Path) -> dict[str, str]:
+    """The ``data:`` section of a distill / eval config for a folder written by
+    :func:`edgesam_backend.training.synthetic.write_coco_dataset` (``images/`` + ``annotations.json``)."""
+    return {"format": "coco", "images": str(root / "images"), "annotations": str(root / "annotations.json")}

@@ -31,19 +31,13 @@ from edgesam_backend.training.schemas import schemas
 from edgesam_backend.training.synthetic import write_coco_dataset
 from edgesam_backend.yamlconfig import ConfigError, load_yaml_model, schema_text
 
-from .helpers import free_port
+from .helpers import coco_data_section, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: far faster than two on a shared, loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +49,7 @@ def data(tmp_path_factory) -> Path:
 
 def _base(data: Path, out: Path, **kw) -> dict:
     cfg = {
-        "data": {
-            "format": "coco",
-            "images": str(data / "images"),
-            "annotations": str(data / "annotations.json"),
-        },
+        "data": coco_data_section(data),
         "teacher": {"kind": "tiny", "random_init": True},
         "output_dir": str(out),
         "image_size": SIZE,

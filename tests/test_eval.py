@@ -25,13 +25,9 @@ from edgesam_backend.training.evaluate import (
 from edgesam_backend.training.prompts import center_point
 from edgesam_backend.training.synthetic import write_coco_dataset
 
+from .helpers import coco_data_section
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_center_point_is_farthest_from_boundary():
@@ -98,11 +94,7 @@ def val(tmp_path_factory) -> Path:
 
 def _cfg(val: Path, out: Path, **kw) -> dict:
     cfg = {
-        "data": {
-            "format": "coco",
-            "images": str(val / "images"),
-            "annotations": str(val / "annotations.json"),
-        },
+        "data": coco_data_section(val),
         "models": [
             {"name": "teacher", "type": "sam", "kind": "tiny", "seed": 0},
             {"name": "student", "type": "edge_sam", "seed": 0},

@@ -39,12 +39,7 @@ from edgesam_backend.yamlconfig import ConfigError, load_yaml_model
 SIZE = 128
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- correction clicks ------------------------------------------------------------------------------

@@ -265,7 +265,7 @@ def test_rectangle_rule_is_shared_by_backend_and_pipeline(tmp_path) -> None:
     from edgesam_backend.labelstudio.context import parse_context, to_pixels
     from edgesam_backend.pipeline.steps import sources as S
 
-    from .test_labelstudio_units import CONFIG
+    from .helpers import LS_CONFIG
     from .test_pipeline_steps import ctx
 
     value = {
@@ -277,7 +277,7 @@ def test_rectangle_rule_is_shared_by_backend_and_pipeline(tmp_path) -> None:
         "rectanglelabels": ["Foreground"],
     }
     result = {"type": "rectanglelabels", "value": value, "original_width": 640, "original_height": 480}
-    raw = parse_context({"result": [{**result, "to_name": "image"}]}, parse_label_config(CONFIG))
+    raw = parse_context({"result": [{**result, "to_name": "image"}]}, parse_label_config(LS_CONFIG))
     backend_box = to_pixels(raw, (480, 640)).box
     want = Rectangle.from_value(value).to_box(640, 480)
     np.testing.assert_array_equal(backend_box, want)

@@ -30,8 +30,7 @@ from edgesam_backend.runtime.amg import AutomaticMaskGenerator, GenerationStoppe
 from edgesam_backend.runtime.prompts import MAX_PROMPT_POINTS, PromptError, pack_prompt
 
 from .conftest import IMAGES
-from .helpers import DiscPredictor, free_port, ls_keypoint
-from .test_labelstudio_units import CONFIG
+from .helpers import LS_CONFIG, DiscPredictor, free_port, ls_keypoint
 
 JPEG = (IMAGES / "1.jpeg").read_bytes()
 
@@ -92,7 +91,7 @@ def predict_body(ctx, image="/data/local-files/?d=images/1.jpeg", task_id=1) -> 
     return {
         "tasks": [{"id": task_id, "data": {"image": image}}],
         "project": "1.1",
-        "label_config": CONFIG,
+        "label_config": LS_CONFIG,
         "params": {"context": {"result": ctx} if ctx is not None else None},
     }
 
@@ -127,12 +126,12 @@ def test_setup_hostname_never_receives_the_configured_api_key(files) -> None:
     rec = Recorder()
     with make_client(files, transport=rec, label_studio_api_key="SECRET") as c:
         assert c.post(
-            "/setup", json={"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test"}
+            "/setup", json={"project": "1.1", "schema": LS_CONFIG, "hostname": "http://evil.test"}
         ).is_success
         c.post("/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/a.jpg"))
         assert rec.seen and all(auth is None or "SECRET" not in auth for _, auth in rec.seen), rec.seen
         # a token that came with the same /setup is used for that host
-        body = {"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test", "access_token": "own"}
+        body = {"project": "1.1", "schema": LS_CONFIG, "hostname": "http://evil.test", "access_token": "own"}
         assert c.post("/setup", json=body).is_success
         r = c.post(
             "/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/b.jpg", task_id=2)
@@ -146,7 +145,7 @@ def test_configured_label_studio_gets_the_configured_key(files) -> None:
     with make_client(
         files, transport=rec, label_studio_url="http://ls.test", label_studio_api_key="SECRET"
     ) as c:
-        body = {"project": "1.1", "schema": CONFIG, "hostname": "http://evil.test", "access_token": "x"}
+        body = {"project": "1.1", "schema": LS_CONFIG, "hostname": "http://evil.test", "access_token": "x"}
         assert c.post("/setup", json=body).is_success
         r = c.post("/predict", json=predict_body([ls_keypoint(40, 40)], image="/data/upload/1/a.jpg"))
         assert r.status_code == 200, r.text
@@ -182,10 +181,10 @@ def test_json_content_type_is_required(files, route) -> None:
 )
 def test_extra_params_have_the_env_limits(files, key, value) -> None:
     with make_client(files) as c:
-        r = c.post("/setup", json={"project": "1.1", "schema": CONFIG, "extra_params": {key: value}})
+        r = c.post("/setup", json={"project": "1.1", "schema": LS_CONFIG, "extra_params": {key: value}})
         assert r.status_code == 400 and f"extra_params.{key}" in r.json()["detail"], r.text
         ok = c.post(
-            "/setup", json={"project": "1.1", "schema": CONFIG, "extra_params": {"points_per_side": 128}}
+            "/setup", json={"project": "1.1", "schema": LS_CONFIG, "extra_params": {"points_per_side": 128}}
         )
         assert ok.status_code == 200
 
@@ -314,7 +313,7 @@ def test_webhook_requires_basic_auth_when_configured(files) -> None:
 def _tasks_created(urls: list[str], start: int = 1) -> dict:
     return {
         "action": "TASKS_CREATED",
-        "project": {"id": 1, "label_config": CONFIG},
+        "project": {"id": 1, "label_config": LS_CONFIG},
         "tasks": [{"id": start + i, "data": {"image": u}} for i, u in enumerate(urls)],
     }
 

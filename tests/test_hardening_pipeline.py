@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgesam_backend.cli import main
-from edgesam_backend.pipeline.runner import EXIT_ALL_FAILED, EXIT_OUTPUT_DIR
+from edgesam_backend.pipeline.run_errors import EXIT_ALL_FAILED, EXIT_OUTPUT_DIR
 from edgesam_backend.yamlconfig import ConfigError, read_yaml
 
 from .conftest import IMAGES

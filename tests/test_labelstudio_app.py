@@ -27,10 +27,9 @@ from edgesam_backend.labelstudio.settings import Settings
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
-from .helpers import CountingPredictor, free_port, ls_keypoint, ls_rectangle
-from .test_labelstudio_units import CONFIG
+from .helpers import LS_CONFIG, CountingPredictor, free_port, ls_keypoint, ls_rectangle
 
-POLY_CONFIG = CONFIG.replace(
+POLY_CONFIG = LS_CONFIG.replace(
     "</View>", '<PolygonLabels name="poly" toName="image"><Label value="Foreground"/></PolygonLabels></View>'
 )
 AMG = {
@@ -111,7 +110,7 @@ def _rect(x, y, bw, bh, w=640, h=428):
 
 
 def _predict(
-    client, ctx, image="/data/local-files/?d=images/1.jpeg", config=CONFIG, project="1.1", task_id=1
+    client, ctx, image="/data/local-files/?d=images/1.jpeg", config=LS_CONFIG, project="1.1", task_id=1
 ):
     body = {
         "tasks": [{"id": task_id, "data": {"image": image}}],
@@ -142,7 +141,7 @@ def test_health_setup_versions(client) -> None:
         "/setup",
         json={
             "project": "1.1795554085",
-            "schema": CONFIG,
+            "schema": LS_CONFIG,
             "hostname": "http://x",
             "access_token": "t",
             "extra_params": None,
@@ -159,11 +158,11 @@ def test_setup_rejects_what_it_cannot_serve(client) -> None:
     assert r.status_code == 400
     assert "no <BrushLabels>, <BitmaskLabels>, <PolygonLabels>" in r.json()["detail"]
     r = client.post(
-        "/setup", json={"project": "2.1", "schema": CONFIG, "extra_params": {"mask_choice": "best"}}
+        "/setup", json={"project": "2.1", "schema": LS_CONFIG, "extra_params": {"mask_choice": "best"}}
     )
     assert r.status_code == 400 and "extra_params.mask_choice = 'best'" in r.json()["detail"]
     r = client.post(
-        "/setup", json={"project": "2.1", "schema": CONFIG, "extra_params": {"default_label": "Cat"}}
+        "/setup", json={"project": "2.1", "schema": LS_CONFIG, "extra_params": {"default_label": "Cat"}}
     )
     assert r.status_code == 422 and "default label 'Cat'" in r.json()["detail"]
 
@@ -210,7 +209,7 @@ def test_interactive_points_and_box(client, onnx_predictor, emb1) -> None:
 def test_interactive_mask_choice_per_project(client, onnx_predictor, emb1) -> None:
     _, emb = emb1
     r = client.post(
-        "/setup", json={"project": "5.1", "schema": CONFIG, "extra_params": {"mask_choice": "single"}}
+        "/setup", json={"project": "5.1", "schema": LS_CONFIG, "extra_params": {"mask_choice": "single"}}
     )
     assert r.status_code == 200
     (region,) = _predict(client, [_kp(43.773, 45.807)], project="5.1").json()["results"][0]["result"]
@@ -276,7 +275,7 @@ def test_batch_one_result_per_task_in_order(client, onnx_predictor, emb1) -> Non
             {"id": 3, "data": {"image": "/data/local-files/?d=images/2.jpeg"}},
         ],
         "project": "1.1",
-        "label_config": CONFIG,
+        "label_config": LS_CONFIG,
         "params": {"context": None},
     }
     r = client.post("/predict", json=body)
@@ -314,7 +313,7 @@ def test_webhook_precomputes_embeddings(client) -> None:
         "/webhook",
         json={
             "action": "TASKS_CREATED",
-            "project": {"id": 9, "label_config": CONFIG},
+            "project": {"id": 9, "label_config": LS_CONFIG},
             "tasks": [
                 {"id": 11, "data": {"image": "/data/local-files/?d=images/2.jpeg"}},
                 {"id": 12, "data": {"image": "/data/upload/1/truck.jpg"}},
@@ -373,7 +372,7 @@ def test_metrics_route(client) -> None:
 BAD = [
     ("malformed json", b'{"tasks": [', 400, "not valid JSON"),
     ("not an object", b"[1, 2]", 400, "must be a JSON object"),
-    ("no tasks", {"tasks": [], "label_config": CONFIG}, 400, "'tasks' must be a non-empty list"),
+    ("no tasks", {"tasks": [], "label_config": LS_CONFIG}, 400, "'tasks' must be a non-empty list"),
     (
         "missing original size",
         {"ctx": [{**_kp(10, 10), "original_width": None}]},
@@ -453,7 +452,7 @@ def test_bad_input(client, name, body, status, message) -> None:
             client,
             body["ctx"],
             image=body.get("image", "/data/local-files/?d=images/1.jpeg"),
-            config=body.get("config", CONFIG),
+            config=body.get("config", LS_CONFIG),
             task_id=100 + BAD.index(next(b for b in BAD if b[0] == name)),
         )
     else:
@@ -479,14 +478,15 @@ def test_oversized_request_body(files, onnx_predictor) -> None:
 def test_basic_auth(files, onnx_predictor) -> None:
     with TestClient(_app(files, onnx_predictor, basic_auth_user="u1", basic_auth_pass="p1")) as c:
         assert c.get("/health").status_code == 200  # docker healthchecks; LS sends auth anyway
-        r = c.post("/setup", json={"project": "1.1", "schema": CONFIG})
+        r = c.post("/setup", json={"project": "1.1", "schema": LS_CONFIG})
         assert r.status_code == 401 and "authentication required" in r.json()["detail"]
         assert (
-            c.post("/setup", json={"project": "1.1", "schema": CONFIG}, auth=("u1", "wrong")).status_code
+            c.post("/setup", json={"project": "1.1", "schema": LS_CONFIG}, auth=("u1", "wrong")).status_code
             == 401
         )
         assert (
-            c.post("/setup", json={"project": "1.1", "schema": CONFIG}, auth=("u1", "p1")).status_code == 200
+            c.post("/setup", json={"project": "1.1", "schema": LS_CONFIG}, auth=("u1", "p1")).status_code
+            == 200
         )
         assert c.get("/metrics").status_code == 401
         # /webhook too (give Label Studio's webhook an Authorization header; EDGESAM_WEBHOOK_AUTH=false
@@ -593,7 +593,7 @@ def test_batch_time_budget_and_switch(files, onnx_predictor) -> None:
         {"id": i, "data": {"image": f"/data/local-files/?d=images/{n}"}}
         for i, n in enumerate(["1.jpeg", "2.jpeg"])
     ]
-    body = {"tasks": tasks, "project": "1.1", "label_config": CONFIG, "params": {"context": None}}
+    body = {"tasks": tasks, "project": "1.1", "label_config": LS_CONFIG, "params": {"context": None}}
     # a tiny budget: enforced between decoder batches, also inside the first task; every task is left
     # for the next request
     with TestClient(_app(files, onnx_predictor, batch_time_budget=0.001)) as c:
@@ -612,7 +612,7 @@ def test_health_and_setup_stay_fast_during_a_batch(files, onnx_predictor) -> Non
         body = {
             "tasks": [{"id": 1, "data": {"image": "/data/upload/1/truck.jpg"}}],
             "project": "1.1",
-            "label_config": CONFIG,
+            "label_config": LS_CONFIG,
             "params": {"context": None},
         }
         job = threading.Thread(target=lambda: c.post("/predict", json=body))
@@ -622,7 +622,7 @@ def test_health_and_setup_stay_fast_during_a_batch(files, onnx_predictor) -> Non
         while job.is_alive():
             t = time.perf_counter()
             assert c.get("/health").status_code == 200
-            assert c.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
+            assert c.post("/setup", json={"project": "1.1", "schema": LS_CONFIG}).status_code == 200
             worst = max(worst, time.perf_counter() - t)
             time.sleep(0.2)
         job.join()

@@ -26,7 +26,8 @@ from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
 from .e2e_labelstudio import ls_server
-from .test_labelstudio_e2e import CONFIG, _Backend, _expected
+from .helpers import LS_CONFIG, ls_connect_backend, ls_create_project
+from .test_labelstudio_e2e import _Backend, _expected
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +52,6 @@ def browser():
             yield b
         finally:
             b.close()
-
-
-@pytest.fixture(scope="module")
-def ls_venv() -> Path:
-    try:
-        return ls_server.ensure_venv()
-    except ls_server.Unavailable as exc:
-        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
 
 
 def _screen(page, box: dict) -> np.ndarray:
@@ -89,18 +82,9 @@ def test_annotator_in_the_browser(ls_venv: Path, browser, onnx_predictor, tmp_pa
         settings = Settings.from_env({}, label_studio_url=ls.url, label_studio_api_key=ls.token)
         app = create_app(settings, onnx_predictor, model_version="edgesam-browser")
         with _Backend(app) as backend:
-            pid = api.post("/api/projects", json={"title": "browser e2e", "label_config": CONFIG}).json()[
-                "id"
-            ]
-            with open(IMAGES / "1.jpeg", "rb") as f:
-                r = api.post(f"/api/projects/{pid}/import", files={"file": ("1.jpeg", f, "image/jpeg")})
-            assert r.status_code == 201, r.text
+            pid = ls_create_project(api, "browser e2e", LS_CONFIG, upload=IMAGES / "1.jpeg")
             (task,) = api.get("/api/tasks", params={"project": pid}).json()["tasks"]
-            r = api.post(
-                "/api/ml",
-                json={"url": backend.url, "project": pid, "title": "edgesam", "is_interactive": True},
-            )
-            assert r.status_code == 201 and r.json()["state"] == "CO", r.text
+            ls_connect_backend(api, backend.url, pid)
 
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             sent: list[dict] = []

@@ -25,24 +25,16 @@ from edgesam_backend.runtime.image import load_image
 from .conftest import IMAGES
 from .e2e_labelstudio import ls_server
 from .e2e_labelstudio.sdk import sdk_decode, sdk_encode
-from .helpers import free_port, ls_keypoint, ls_rectangle
+from .helpers import (
+    LS_CONFIG,
+    free_port,
+    ls_connect_backend,
+    ls_create_project,
+    ls_keypoint,
+    ls_rectangle,
+)
 
 pytestmark = pytest.mark.slow
-
-CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="Foreground" background="#FF0000"/><Label value="Background" background="#0d14d3"/>
-  </BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Foreground" smart="true" background="#FFaa00" showInline="true"/>
-    <Label value="Background" smart="true" background="#00aaFF" showInline="true"/>
-  </KeyPointLabels>
-  <RectangleLabels name="tag3" toName="image" smart="true">
-    <Label value="Foreground" background="#FF00FF" showInline="true"/>
-    <Label value="Background" background="#00FF00" showInline="true"/>
-  </RectangleLabels>
-</View>"""
 
 #: a detector's boxes on a non-smart RectangleLabels; masks to a brush; "car" maps by predicted_values
 DETECTOR_CONFIG = """<View>
@@ -56,14 +48,6 @@ DETECTOR_CONFIG = """<View>
 </View>"""
 
 AMG = {"points_per_side": 4, "stability_score_thresh": 0.0, "pred_iou_thresh": 0.0, "box_nms_thresh": 0.7}
-
-
-@pytest.fixture(scope="module")
-def ls_venv() -> Path:
-    try:
-        return ls_server.ensure_venv()
-    except ls_server.Unavailable as exc:
-        pytest.skip(f"needs Label Studio {ls_server.LS_VERSION} from PyPI: {exc}")
 
 
 def test_rle_matches_label_studio_sdk(ls_venv: Path, tmp_path: Path) -> None:
@@ -194,12 +178,7 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
         app = create_app(settings, onnx_predictor, model_version="edgesam-e2e")
         with _Backend(app) as backend:
             # project + tasks: an upload (/data/upload/...) and local storage (/data/local-files/?d=...)
-            pid = api.post("/api/projects", json={"title": "edgesam e2e", "label_config": CONFIG}).json()[
-                "id"
-            ]
-            with open(IMAGES / "1.jpeg", "rb") as f:
-                r = api.post(f"/api/projects/{pid}/import", files={"file": ("1.jpeg", f, "image/jpeg")})
-            assert r.status_code == 201, r.text
+            pid = ls_create_project(api, "edgesam e2e", LS_CONFIG, upload=IMAGES / "1.jpeg")
             r = api.post(
                 "/api/storages/localfiles",
                 json={
@@ -218,20 +197,7 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             files = {"upload": IMAGES / "1.jpeg", "local": rotated}
 
             # register the backend (health + setup over HTTP); this project pre-annotates automatically
-            r = api.post(
-                "/api/ml",
-                json={
-                    "url": backend.url,
-                    "project": pid,
-                    "title": "edgesam",
-                    "is_interactive": True,
-                    "extra_params": {"preannotate": "automatic"},
-                },
-            )
-            assert r.status_code == 201, r.text
-            ml = r.json()
-            assert ml["state"] == "CO", ml
-            mlid = ml["id"]
+            mlid = ls_connect_backend(api, backend.url, pid, extra_params={"preannotate": "automatic"})["id"]
             assert api.get(f"/api/ml/{mlid}/versions").json()["versions"] == ["edgesam-e2e"]
 
             checked = 0
@@ -330,20 +296,8 @@ def test_label_studio_round_trip(ls_venv: Path, onnx_predictor, tmp_path: Path) 
             image = load_image(IMAGES / "1.jpeg")
             h, w = image.shape[:2]
             emb = onnx_predictor.encode(image)
-            pid2 = api.post("/api/projects", json={"title": "boxes", "label_config": DETECTOR_CONFIG}).json()[
-                "id"
-            ]
-            r = api.post(
-                "/api/ml",
-                json={
-                    "url": backend.url,
-                    "project": pid2,
-                    "title": "edgesam",
-                    "is_interactive": True,
-                    "extra_params": {"label_map": {"person": "Human"}},
-                },
-            )
-            assert r.status_code == 201 and r.json()["state"] == "CO", r.text
+            pid2 = ls_create_project(api, "boxes", DETECTOR_CONFIG)
+            ls_connect_backend(api, backend.url, pid2, extra_params={"label_map": {"person": "Human"}})
             boxes = {"car": (24.118, 30.439, 44.907, 39.099), "person": (5.0, 10.0, 20.0, 50.0)}
             det = [
                 {

@@ -28,8 +28,7 @@ from edgesam_backend.runtime.amg import AutomaticMaskGenerator
 from edgesam_backend.runtime.image import load_image
 
 from .conftest import IMAGES
-from .helpers import CountingPredictor, ls_keypoint, ls_rectangle
-from .test_labelstudio_units import CONFIG
+from .helpers import LS_CONFIG, CountingPredictor, ls_keypoint, ls_rectangle
 
 AMG = {"amg_points_per_side": 4, "amg_stability_score_thresh": 0.0, "amg_pred_iou_thresh": 0.0}
 IMAGE = "/data/local-files/?d=images/1.jpeg"
@@ -92,7 +91,7 @@ def _app(files: Path, predictor, fake: FakeLS, **kw):
     )
 
 
-def _body(tasks: list[dict], config: str = CONFIG, project: str = "1.1") -> dict:
+def _body(tasks: list[dict], config: str = LS_CONFIG, project: str = "1.1") -> dict:
     return {"tasks": tasks, "project": project, "label_config": config, "params": {"context": None}}
 
 
@@ -162,14 +161,16 @@ def test_mode_none_and_per_project_override(files, onnx_predictor) -> None:
     fake = FakeLS()
     with TestClient(_app(files, onnx_predictor, fake, preannotate="automatic")) as c:
         r = c.post(
-            "/setup", json={"project": "5.1", "schema": CONFIG, "extra_params": {"preannotate": "none"}}
+            "/setup", json={"project": "5.1", "schema": LS_CONFIG, "extra_params": {"preannotate": "none"}}
         )
         assert r.status_code == 200
         assert c.post(
             "/predict", json=_body([{"id": 1, "data": {"image": IMAGE}}], project="5.1")
         ).json() == {"results": [[]]}
         assert c.app.state.backend.preannotator.pending == 0
-        r = c.post("/setup", json={"project": "6.1", "schema": CONFIG, "extra_params": {"preannotate": "x"}})
+        r = c.post(
+            "/setup", json={"project": "6.1", "schema": LS_CONFIG, "extra_params": {"preannotate": "x"}}
+        )
         assert r.status_code == 400 and "preannotate" in r.json()["detail"]
 
 
@@ -268,7 +269,7 @@ def test_persistent_store_hit_after_restart(files, onnx_predictor, tmp_path: Pat
     click = {
         "tasks": [{"id": 1, "data": {"image": IMAGE}}],
         "project": "1.1",
-        "label_config": CONFIG,
+        "label_config": LS_CONFIG,
         "params": {"context": {"result": [ls_keypoint(43.773, 45.807, True, w=W, h=H, labelled=True)]}},
     }
     masks = []

@@ -23,27 +23,13 @@ from edgesam_backend.labelstudio.images import ImageFetcher, decode_image
 from edgesam_backend.labelstudio.metrics import Metrics
 from edgesam_backend.labelstudio.settings import Settings, SettingsError
 
-from .helpers import ls_keypoint, ls_rectangle
-
-CONFIG = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <BrushLabels name="tag" toName="image">
-    <Label value="Foreground" background="#FF0000"/><Label value="Background" background="#0d14d3"/>
-  </BrushLabels>
-  <KeyPointLabels name="tag2" toName="image" smart="true">
-    <Label value="Foreground" smart="true"/><Label value="Background" smart="true"/>
-  </KeyPointLabels>
-  <RectangleLabels name="tag3" toName="image" smart="true">
-    <Label value="Foreground"/><Label value="Background"/>
-  </RectangleLabels>
-</View>"""
-
+from .helpers import LS_CONFIG, ls_keypoint, ls_rectangle
 
 # --- label config ----------------------------------------------------------------------------------
 
 
 def test_config_parses_the_protocol_example() -> None:
-    cfg = parse_label_config(CONFIG)
+    cfg = parse_label_config(LS_CONFIG)
     assert cfg.image.name == "image" and cfg.image.value_key == "image"
     assert [t.name for t in cfg.brush] == ["tag"] and cfg.brush[0].type == "brushlabels"
     assert cfg.brush[0].labels == ["Foreground", "Background"]
@@ -100,7 +86,7 @@ _kp = ls_keypoint  # units tests: 640 x 480, labelled only when positive is give
 
 
 def test_context_keypoints_accumulate_with_signs() -> None:
-    cfg = parse_label_config(CONFIG)
+    cfg = parse_label_config(LS_CONFIG)
     raw = parse_context({"result": [_kp(10, 20), _kp(30, 40, False), _kp(50, 60, None)]}, cfg)
     assert raw.point_labels.tolist() == [1, 0, 1]  # a missing is_positive is positive
     assert raw.label == "Foreground" and raw.rect is None
@@ -110,7 +96,7 @@ def test_context_keypoints_accumulate_with_signs() -> None:
 
 
 def test_context_rectangle_is_a_box() -> None:
-    cfg = parse_label_config(CONFIG)
+    cfg = parse_label_config(LS_CONFIG)
     rect = ls_rectangle(64.118, 60.439, 24.907, 29.099, w=640, h=480, label="Background")
     raw = parse_context({"result": [rect]}, cfg)
     px = to_pixels(raw, (480, 640))
@@ -122,7 +108,7 @@ def test_context_rectangle_is_a_box() -> None:
 
 def test_context_rotation_in_the_rotated_frame() -> None:
     """Sizes swapped w.r.t. the image with rotation 90: coordinates are in the rotated view."""
-    cfg = parse_label_config(CONFIG)
+    cfg = parse_label_config(LS_CONFIG)
     # image 480 (H) x 640 (W); the view rotated 90° is 480 wide, 640 tall
     raw = parse_context({"result": [_kp(25, 50, w=480, h=640, rot=90)]}, cfg)
     px = to_pixels(raw, (480, 640))
@@ -159,7 +145,7 @@ def test_context_rotation_in_the_rotated_frame() -> None:
 )
 def test_context_errors(context, message: str) -> None:
     with pytest.raises(BackendError, match=message) as exc:
-        parse_context(context, parse_label_config(CONFIG))
+        parse_context(context, parse_label_config(LS_CONFIG))
     assert exc.value.status == 422
 
 

@@ -24,6 +24,7 @@ from edgesam_backend.pipeline.overrides import apply_override
 from edgesam_backend.yamlconfig import ConfigError, schema_text
 
 from .conftest import IMAGES, REPO
+from .helpers import REFINE_AND_EXPORT_ALL, grid_pipeline_yaml
 
 EXAMPLES = REPO / "pipelines"
 
@@ -32,6 +33,13 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
     p = tmp_path / name
     p.write_text(textwrap.dedent(text).lstrip("\n"))
     return p
+
+
+def write_steps(tmp_path: Path, onnx: Path, steps: str) -> Path:
+    """Write a pipeline with ``model.onnx_dir: onnx``, ``output_dir: out`` and the ``steps`` list
+    (YAML list items, any common indent; they start on line 5, items at column 3)."""
+    items = textwrap.indent(textwrap.dedent(steps).strip("\n"), "  ")
+    return write(tmp_path, f"model:\n  onnx_dir: {onnx}\noutput_dir: out\nsteps:\n{items}\n")
 
 
 @pytest.fixture
@@ -118,6 +126,20 @@ def test_good_pipeline_resolves_paths_against_the_yaml(tmp_path, onnx_stub):
     assert pipe.step_where(1).endswith("p.yaml:7:5")
 
 
+def test_shared_refine_and_export_all_steps_validate(tmp_path, onnx_stub):
+    """The step list the Ray and resume runs share (tests/helpers.py) is a valid pipeline tail."""
+    p = write(tmp_path, grid_pipeline_yaml(onnx_stub, IMAGES, "out", steps=REFINE_AND_EXPORT_ALL))
+    kinds = [s.kind for s in load_pipeline(p).steps]
+    assert kinds[3:] == [
+        "refine",
+        "export.coco",
+        "export.png",
+        "export.yolo",
+        "export.labelstudio",
+        "export.preview",
+    ]
+
+
 def test_wrong_types_unknown_kind_unknown_key_point_at_their_lines(tmp_path, onnx_stub):
     p = write(
         tmp_path,
@@ -169,18 +191,15 @@ def test_executor_did_you_mean_uses_that_executors_keys(tmp_path, onnx_stub, exe
 
 
 def test_missing_file_points_at_its_key(tmp_path, onnx_stub):
-    p = write(
+    p = write_steps(
         tmp_path,
-        f"""
-        model:
-          onnx_dir: {onnx_stub}
-        output_dir: out
-        steps:
-          - kind: source.coco
-            annotations: nowhere/instances.json
-          - kind: prompt.source_boxes
-          - kind: segment
-          - kind: export.coco
+        onnx_stub,
+        """
+        - kind: source.coco
+          annotations: nowhere/instances.json
+        - kind: prompt.source_boxes
+        - kind: segment
+        - kind: export.coco
         """,
     )
     (err,) = errors_of(p)
@@ -191,18 +210,15 @@ def test_missing_file_points_at_its_key(tmp_path, onnx_stub):
 
 
 def test_missing_onnx_files_and_unknown_model(tmp_path):
-    p = write(
+    p = write_steps(
+        tmp_path,
         tmp_path,
         f"""
-        model:
-          onnx_dir: {tmp_path}
-        output_dir: out
-        steps:
-          - kind: source.folder
-            path: {IMAGES}
-          - kind: prompt.grid
-          - kind: segment
-          - kind: export.coco
+        - kind: source.folder
+          path: {IMAGES}
+        - kind: prompt.grid
+        - kind: segment
+        - kind: export.coco
         """,
     )
     (err,) = errors_of(p)
@@ -212,48 +228,45 @@ def test_missing_onnx_files_and_unknown_model(tmp_path):
     assert line_of(err) == (2, 15) and "unknown model name 'edge_sam_9x'" in err
 
 
-def test_step_order_errors_point_at_the_step(tmp_path, onnx_stub):
-    p = write(
-        tmp_path,
-        f"""
-        model:
-          onnx_dir: {onnx_stub}
-        output_dir: out
-        steps:
-          - kind: source.folder
-            path: {IMAGES}
-          - kind: segment
-          - kind: prompt.grid
-          - kind: export.coco
-          - kind: refine
-            iterations: 1
-        """,
-    )
-    errs = errors_of(p)
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        pytest.param(
+            """
+            - kind: source.folder
+              path: {images}
+            - kind: segment
+            - kind: prompt.grid
+            - kind: export.coco
+            - kind: refine
+              iterations: 1
+            """,
+            [
+                ((7, 11), "segment needs a prompt step"),
+                ((8, 11), "cannot follow segment"),
+                ((10, 11), "cannot follow export.coco"),
+                ((11, 17), "iterations need box/point prompts"),
+            ],
+            id="prompt-before-segment",
+        ),
+        pytest.param(
+            """
+            - kind: prompt.grid
+            - kind: source.folder
+              path: {images}
+            - kind: segment
+            """,
+            [(None, "the source step must be the first step"), (None, "needs at least one export step")],
+            id="source-first-and-an-export",
+        ),
+    ],
+)
+def test_step_order_errors_point_at_the_step(tmp_path, onnx_stub, steps, expected):
+    """Each expected message is among the errors, at its (line, column) where one is given."""
+    errs = errors_of(write_steps(tmp_path, onnx_stub, steps.format(images=IMAGES)))
     text = "\n".join(errs)
-    assert any(line_of(e) == (7, 11) and "segment needs a prompt step" in e for e in errs), text
-    assert any(line_of(e) == (8, 11) and "cannot follow segment" in e for e in errs), text
-    assert any(line_of(e) == (10, 11) and "cannot follow export.coco" in e for e in errs), text
-    assert any(line_of(e) == (11, 17) and "iterations need box/point prompts" in e for e in errs), text
-
-
-def test_pipeline_needs_source_first_and_an_export(tmp_path, onnx_stub):
-    p = write(
-        tmp_path,
-        f"""
-        model:
-          onnx_dir: {onnx_stub}
-        output_dir: out
-        steps:
-          - kind: prompt.grid
-          - kind: source.folder
-            path: {IMAGES}
-          - kind: segment
-        """,
-    )
-    text = "\n".join(errors_of(p))
-    assert "the source step must be the first step" in text
-    assert "needs at least one export step" in text
+    for where, message in expected:
+        assert any(message in e and (where is None or line_of(e) == where) for e in errs), text
 
 
 def test_source_boxes_needs_an_annotated_source(tmp_path, onnx_stub):

@@ -14,6 +14,7 @@ from edgesam_backend.pipeline.loader import load_pipeline
 from edgesam_backend.pipeline.runner import run_pipeline
 
 from .conftest import IMAGES
+from .helpers import REFINE_AND_EXPORT_ALL
 
 ray = pytest.importorskip(
     "ray", reason="the Ray executor needs `ray[data]` (pip install 'edgesam-backend[ray]')"
@@ -21,7 +22,8 @@ ray = pytest.importorskip(
 
 pytestmark = pytest.mark.slow
 
-YAML = """
+YAML = (
+    """
 model:
   onnx_dir: {onnx}
 executor: {executor}
@@ -32,17 +34,9 @@ steps:
   - kind: prompt.grid
     {grid}
   - kind: segment
-  - kind: refine
-    stability_score_thresh: 0.2
-    min_mask_region_area: 20
-  - kind: export.coco
-  - kind: export.png
-    semantic: true
-  - kind: export.yolo
-  - kind: export.labelstudio
-  - kind: export.preview
-    max_side: 256
 """
+    + REFINE_AND_EXPORT_ALL
+)
 
 
 @pytest.fixture(scope="module")

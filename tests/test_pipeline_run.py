@@ -22,6 +22,7 @@ from pycocotools.coco import COCO
 from edgesam_backend.cli import main
 
 from .conftest import CHECKPOINT, IMAGES, REPO
+from .helpers import REFINE_AND_EXPORT_ALL
 
 EXAMPLES = REPO / "pipelines"
 ALL_IMAGES = sorted(p.name for p in IMAGES.glob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
@@ -186,7 +187,8 @@ def test_example_labelstudio_boxes_to_brush(model_env, tmp_path, monkeypatch, ca
 
 # --- resume: kill -9 mid-run -------------------------------------------------------------------------
 
-RESUME_YAML = """
+RESUME_YAML = (
+    """
 model:
   checkpoint: {ckpt}
   onnx_dir: {onnx}
@@ -199,17 +201,9 @@ steps:
     points_per_side: 3
   - kind: segment
     points_per_batch: 4
-  - kind: refine
-    stability_score_thresh: 0.2
-    min_mask_region_area: 20
-  - kind: export.coco
-  - kind: export.png
-    semantic: true
-  - kind: export.yolo
-  - kind: export.labelstudio
-  - kind: export.preview
-    max_side: 256
 """
+    + REFINE_AND_EXPORT_ALL
+)
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:

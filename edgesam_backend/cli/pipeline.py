@@ -136,7 +136,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline.base import PipelineError
-    from ..pipeline.runner import OutputDirError, PipelineInterrupted, PipelineStopped, run_pipeline
+    from ..pipeline.run_errors import OutputDirError, PipelineInterrupted, PipelineStopped
+    from ..pipeline.runner import run_pipeline
 
     pipe = _load(args)
     try:

@@ -32,13 +32,13 @@ from torch import nn
 
 from ..fileio import file_sha256
 from ..model.checkpoint import load_edge_sam
+from ..model.decoder_graph import DecoderGraph
 from ..model.edge_sam import EdgeSam
 from ..model.fast_decoder import FastDecoderOnnxModel
 from ..model.repvit import Conv2d_BN, RepVGGDW, RepViT
 from ..model.upsample import Bicubic2xConvUpsample, UpSampleLayer
 from ..runtime import transforms
 from ..runtime.base import ImageEmbedding
-from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
 from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
 from ..runtime.prompts import pack_prompt
 from .metadata import update_metadata
@@ -93,34 +93,21 @@ class EncoderOnnxModel(nn.Module):
         return emb, logits, ltrb
 
 
-class DecoderOnnxModel(nn.Module):
+class DecoderOnnxModel(DecoderGraph):
     """Prompt encoder + mask decoder for B prompts on one image; all 4 tokens and both scores."""
 
     def __init__(self, model: EdgeSam) -> None:
-        super().__init__()
-        self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
-        self.register_buffer(
-            "dense_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False
-        )
+        pe = model.prompt_encoder.get_dense_pe().detach().clone()  # (1, 256, h, w)
+        super().__init__(model.prompt_encoder, model.mask_decoder, pe)
 
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode(
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pe = self.prompt_encoder
-        sparse = pe.embed_points(point_coords, point_labels, pad=False)
-        has = has_mask_input.reshape(-1, 1, 1, 1)
+        has = has_mask.reshape(-1, 1, 1, 1)
         no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has * pe.embed_masks(mask_input) + (1 - has) * no_mask
-        low, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
-        inter = (low > MASK_THRESHOLD + STABILITY_OFFSET).to(torch.float32).sum((-1, -2))
-        union = (low > MASK_THRESHOLD - STABILITY_OFFSET).to(torch.float32).sum((-1, -2))
-        return low, iou, inter / union.clamp(min=1.0)
+        return self.mask_decoder.predict_masks(embeddings, self.dense_pe, sparse, dense)
 
 
 @dataclass

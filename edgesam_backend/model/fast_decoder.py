@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtime.masks import MASK_THRESHOLD, STABILITY_OFFSET
+from .decoder_graph import DecoderGraph
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .transformer import Attention, TwoWayAttentionBlock
@@ -109,18 +109,15 @@ def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-class FastDecoderOnnxModel(nn.Module):
+class FastDecoderOnnxModel(DecoderGraph):
     """Prompt encoder + reassociated mask decoder for B prompts on one image (see module docstring)."""
 
     def __init__(self, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder) -> None:
-        super().__init__()
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
         tr = mask_decoder.transformer
         if tr.depth < 1 or tr.num_heads != _HEADS or mask_decoder.transformer_dim != 256:
             raise ValueError("the fast decoder expects SAM's two-way transformer (8 heads, dim 256)")
         pe = prompt_encoder.get_dense_pe().detach().clone()  # (1, 256, 64, 64)
-        self.register_buffer("dense_pe", pe.flatten(2).transpose(1, 2), persistent=False)  # (1, I, 256)
+        super().__init__(prompt_encoder, mask_decoder, pe.flatten(2).transpose(1, 2))  # (1, I, 256)
 
     def _block0(
         self,
@@ -219,24 +216,18 @@ class FastDecoderOnnxModel(nn.Module):
         m = m.reshape(b * k * gh, gw, 4, 4).transpose(1, 2)
         return m.reshape(b, k, 4 * gh, 4 * gw)
 
-    def forward(
-        self,
-        image_embeddings: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor,
-        has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """See the module docstring; ``image_embeddings`` is one image ``(1, 256, 64, 64)``."""
+    def decode(
+        self, embeddings: torch.Tensor, sparse: torch.Tensor, mask_input: torch.Tensor, has_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """See the module docstring; ``embeddings`` is one image ``(1, 256, 64, 64)``."""
         md = self.mask_decoder
-        sparse = self.prompt_encoder.embed_points(point_coords, point_labels, pad=False)
         b = sparse.shape[0]
         out_tok = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tok = torch.cat([out_tok.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # (B, T, 256)
 
-        e = image_embeddings.flatten(2).transpose(1, 2)  # (1, I, 256)
+        e = embeddings.flatten(2).transpose(1, 2)  # (1, I, 256)
         h = self.prompt_encoder.mask_downscaling[:-1](mask_input).flatten(2).transpose(1, 2)  # (B, I, 16)
-        has = has_mask_input.reshape(-1, 1, 1)
+        has = has_mask.reshape(-1, 1, 1)
 
         layers = md.transformer.layers
         queries, keys = self._block0(layers[0], tok, e, h, has)
@@ -253,7 +244,4 @@ class FastDecoderOnnxModel(nn.Module):
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1
         )
         low = self._upscale_masks(keys, hyper)
-        iou = md.iou_prediction_head(queries[:, 0])
-        inter = (low > MASK_THRESHOLD + STABILITY_OFFSET).to(torch.float32).sum((-1, -2))
-        union = (low > MASK_THRESHOLD - STABILITY_OFFSET).to(torch.float32).sum((-1, -2))
-        return low, iou, inter / union.clamp(min=1.0)
+        return low, md.iou_prediction_head(queries[:, 0])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ..runtime.base import BasePredictor
+from ..runtime.base import F32, BasePredictor, DecodeOutputs
 from .checkpoint import load_edge_sam
 from .edge_sam import EdgeSam, stability_score
 
@@ -55,13 +55,7 @@ class TorchPredictor(BasePredictor):
         }
 
     @torch.inference_mode()
-    def _decode(
-        self,
-        embeddings: NDArray[np.float32],
-        coords: NDArray[np.float32],
-        labels: NDArray[np.float32],
-        mask_input: NDArray[np.float32] | None,
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    def _decode(self, embeddings: F32, coords: F32, labels: F32, mask_input: F32 | None) -> DecodeOutputs:
         m = self.model
         pe = m.prompt_encoder
         emb = torch.from_numpy(embeddings).to(self.device)

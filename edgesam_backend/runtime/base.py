@@ -26,6 +26,11 @@ from .proposals import Proposals, decode_proposals
 from .upscale import UPSCALE_CHUNK_BYTES, iter_upscaled
 
 NUM_MASK_TOKENS = 4
+#: A float32 array: every decoder input and output.
+F32 = NDArray[np.float32]
+#: What :meth:`BasePredictor._decode` returns: ``low_res_logits (B, 4, S/4, S/4)``, ``iou_predictions
+#: (B, 4)``, ``stability_scores (B, 4)``.
+DecodeOutputs = tuple[F32, F32, F32]
 SCORE_KINDS = ("stability", "iou")
 
 
@@ -103,13 +108,7 @@ class BasePredictor(ABC):
         """``(1, 3, 1024, 1024)`` normalised, padded input → ``(1, 256, 64, 64)`` embeddings."""
 
     @abstractmethod
-    def _decode(
-        self,
-        embeddings: NDArray[np.float32],
-        coords: NDArray[np.float32],
-        labels: NDArray[np.float32],
-        mask_input: NDArray[np.float32] | None,
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    def _decode(self, embeddings: F32, coords: F32, labels: F32, mask_input: F32 | None) -> DecodeOutputs:
         """``coords (B, N, 2)``, ``labels (B, N)`` (model frame), ``mask_input (B, 1, 256, 256)`` or None →
         ``low_res_logits (B, 4, 256, 256)``, ``iou_predictions (B, 4)``, ``stability_scores (B, 4)``."""
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from . import transforms
-from .base import BasePredictor
+from .base import F32, BasePredictor, DecodeOutputs
 from .masks import stability_score
 from .model_files import FLAVOUR_OURS, Capabilities, OnnxModelError, read_capabilities
 from .providers import ExecutionPlan, resolve_providers
@@ -116,13 +116,7 @@ class OnnxPredictor(BasePredictor):
         emb, logits, ltrb = self.encoder.run(names, {self._enc_input: x})
         return {"image_embeddings": emb, "proposal_logits": logits, "proposal_ltrb": ltrb}
 
-    def _decode(
-        self,
-        embeddings: NDArray[np.float32],
-        coords: NDArray[np.float32],
-        labels: NDArray[np.float32],
-        mask_input: NDArray[np.float32] | None,
-    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    def _decode(self, embeddings: F32, coords: F32, labels: F32, mask_input: F32 | None) -> DecodeOutputs:
         b = coords.shape[0]
         if self.flavour == FLAVOUR_OURS:
             has = np.ones(b, np.float32) if mask_input is not None else np.zeros(b, np.float32)

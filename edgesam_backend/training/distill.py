@@ -13,15 +13,12 @@ layout (real topology) that ``load_edge_sam`` / the engine / ``edgesam export`` 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..fileio import atomic_write_text
 from ..model.checkpoint import check_state_dict, read_checkpoint_file
 from ..model.edge_sam import EdgeSam
 from ..model.sam_vit import SamTeacher
@@ -32,11 +29,12 @@ from .loop import (
     DistEnv,
     Log,
     LoopSettings,
-    atomic_save,
     autocast,
+    finish_run,
     num_threads,
     run_loop,
     setup_distributed,
+    start_run,
     step_generator,
     wrap_ddp,
 )
@@ -134,13 +132,7 @@ def distill(cfg: Phase1Config | Phase2Config, log: Log = print) -> dict[str, Any
 
 def _distill(cfg: Phase1Config | Phase2Config, log: Log) -> dict[str, Any]:
     phase = 2 if isinstance(cfg, Phase2Config) else 1
-    env = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + env.rank)
-    out = Path(cfg.output_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    env.barrier()
-    say: Log = log if env.is_main else (lambda _m: None)
+    env, out, say = start_run(cfg.device, cfg.seed, cfg.output_dir, log)
 
     ds = DistillDataset(cfg.data, cfg.image_size, seed=cfg.seed, hflip=cfg.hflip)
     teacher, cache = _prepare_teacher_and_cache(cfg, env, ds, say)
@@ -259,12 +251,10 @@ def _distill(cfg: Phase1Config | Phase2Config, log: Log) -> dict[str, Any]:
         metrics.update(res.loss_summary(parts=5))
         metrics["steps_this_run"] = len(res.losses)
         metrics["seconds_per_step"] = round(metrics["seconds"] / len(res.losses), 4)
-    if env.is_main:
-        sd = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+
+    def checked(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if cfg.student.arch == "edge_sam":
             check_state_dict(sd)  # the official layout, or fail loudly
-        atomic_save(sd, out / FINAL_NAME)
-        metrics["final"] = str(out / FINAL_NAME)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    env.barrier()
-    return metrics
+        return sd
+
+    return finish_run(env, student, out / FINAL_NAME, metrics, package=checked)

@@ -18,7 +18,6 @@ with mask input. Loop, DDP, AMP, checkpoints and resume: :mod:`.loop`. Output: `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import weights
-from ..fileio import atomic_write_text
 from ..model.checkpoint import load_edge_sam, with_metadata
 from ..model.edge_sam import EdgeSam, build_edge_sam
 from .evaluate import mask_iou, miou
@@ -39,11 +37,11 @@ from .loop import (
     DistEnv,
     Log,
     LoopSettings,
-    atomic_save,
     autocast,
+    finish_run,
     num_threads,
     run_loop,
-    setup_distributed,
+    start_run,
     step_generator,
     wrap_ddp,
 )
@@ -233,13 +231,7 @@ def finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
 
 
 def _finetune(cfg: FinetuneConfig, log: Log) -> dict[str, Any]:
-    env = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed + env.rank)
-    out = Path(cfg.output_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    env.barrier()
-    say: Log = log if env.is_main else (lambda _m: None)
+    env, out, say = start_run(cfg.device, cfg.seed, cfg.output_dir, log)
     train = MaskDataset(read_masks(cfg.format, cfg.train_images, cfg.train_annotations), cfg.image_size)
     if len(train) == 0:
         raise ValueError(f"no training images in {cfg.train_annotations}")
@@ -300,10 +292,6 @@ def _finetune(cfg: FinetuneConfig, log: Log) -> dict[str, Any]:
     if val is not None:
         done = res.validations[-1] if res.validations and res.validations[-1]["step"] == res.step else None
         metrics["val"] = done or {"step": res.step, **run_val(res.step)}
-    if env.is_main:
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        atomic_save(with_metadata(sd, cfg.image_size), out / FINAL_NAME)
-        metrics["final"] = str(out / FINAL_NAME)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    env.barrier()
-    return metrics
+    return finish_run(
+        env, model, out / FINAL_NAME, metrics, package=lambda sd: with_metadata(sd, cfg.image_size)
+    )

@@ -5,6 +5,9 @@ What lives here (and nowhere else in ``training/``):
 * the process set-up: :func:`setup_distributed` (torchrun's ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``;
   NCCL on CUDA, Gloo on CPU), :func:`num_threads`, :func:`wrap_ddp`;
 * mixed precision: :func:`autocast` (``fp32`` / ``bf16`` / ``fp16``; a grad scaler for fp16 on CUDA);
+* the run's start and end: :func:`start_run` (join the job, seed, create ``output_dir``) and
+  :func:`finish_run` (rank 0 saves the final weights atomically and writes ``metrics.json``; all
+  ranks wait);
 * :func:`run_loop`: per step set the LR of every param group (``schedule(step) * group["lr_scale"]``,
   scale 1 when absent), run the caller's ``step_fn``, backward, clip the global grad norm, step;
   append one record per step to ``log.jsonl``; validate every ``val_every`` steps; write ``last.pth``
@@ -31,7 +34,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from ..fileio import atomic_open
+from ..fileio import atomic_open, atomic_write_text
 from ..model.checkpoint import CheckpointError
 
 Log = Callable[[str], Any]
@@ -128,6 +131,40 @@ def atomic_save(obj: Any, path: Path) -> None:
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """Per-step RNG for prompt sampling: reproducible and resumable without saved state."""
     return torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + step)
+
+
+def start_run(device: str | None, seed: int, output_dir: Path, log: Log) -> tuple[DistEnv, Path, Log]:
+    """Join the job (:func:`setup_distributed`), seed torch with ``seed + rank``, create
+    ``output_dir`` on rank 0 (all ranks wait for it); returns the env, the output folder and a
+    logger that prints on rank 0 only."""
+    env = setup_distributed(device)
+    torch.manual_seed(seed + env.rank)
+    out = Path(output_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    env.barrier()
+    say: Log = log if env.is_main else (lambda _m: None)
+    return env, out, say
+
+
+def finish_run(
+    env: DistEnv,
+    model: nn.Module,
+    path: Path,
+    metrics: dict[str, Any],
+    package: Callable[[dict[str, torch.Tensor]], Any] | None = None,
+) -> dict[str, Any]:
+    """End of a run: on rank 0, save ``model``'s state_dict (detached, on the CPU; passed through
+    ``package`` first when given, e.g. to check its layout or add metadata) atomically to ``path``,
+    record ``metrics["final"] = str(path)`` and write ``metrics`` to ``metrics.json`` beside it; then
+    every rank waits at the barrier. Returns ``metrics``."""
+    if env.is_main:
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_save(package(sd) if package is not None else sd, path)
+        metrics["final"] = str(path)
+        atomic_write_text(Path(path).parent / "metrics.json", json.dumps(metrics, indent=2))
+    env.barrier()
+    return metrics
 
 
 @dataclass

@@ -9,7 +9,6 @@ optimiser state) and resume, and proposal recall at IoU 0.5 / 0.75 for K = 10 / 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from ..fileio import atomic_write_text
 from ..formats.coco import read_coco
 from ..model.checkpoint import load_edge_sam
 from ..model.edge_sam import EdgeSam, build_edge_sam
@@ -28,7 +26,7 @@ from ..runtime.boxes import box_iou, nms
 from ..runtime.image import load_image
 from ..runtime.proposals import decode_proposals, location_points
 from ..yamlconfig import StrictModel
-from .loop import DistEnv, LoopSettings, atomic_save, num_threads, run_loop
+from .loop import DistEnv, LoopSettings, finish_run, num_threads, run_loop
 from .losses import giou_loss, sigmoid_focal
 from .schedule import warmup_cosine
 
@@ -273,10 +271,9 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
         validate=(lambda _s: evaluate_recall(model, val, cfg.eval_max_images)) if val is not None else None,
         log=log,
     )
-    atomic_save(model.state_dict(), out / "edge_sam_rpn.pth")  # plain state_dict: loads in the engine
     metrics: dict[str, Any] = {"steps": res.step, "seconds": round(res.seconds, 1)}
     metrics.update(res.loss_summary(parts=10))
     if val is not None:
         metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
+    # a plain state_dict: loads in the engine
+    return finish_run(DistEnv(), model, out / "edge_sam_rpn.pth", metrics)
