@@ -14,11 +14,30 @@ Studio's ``/data/upload/`` (a loopback HTTP server in this process with token au
   (``--cache-mb``) holds: errors, p50/p95/p99, and the server's RSS at start, peak, end of load and
   after ``--idle`` seconds (the plateau: freed memory is trimmed back to the OS after requests).
 
-Targets on 2 cores: cached click p50 <= 60 ms; first click <= 0.7 s at 1024 px; zero errors.
+Opt-in modes (``benchmarks/backend_modes.py``; any of them replaces the default run, they combine, each
+has its own baseline in the same run and prints under its own key):
+
+* ``--int8`` (key ``int8``): an fp32 and an int8 (``EDGESAM_INT8=true``) server side by side, clicks
+  interleaved: ``new_image_1024px`` and ``cached_click`` p50/p95 for each, ``int8_over_fp32`` ratios, and
+  ``bare_decoder`` (``OnnxPredictor.predict_selected`` on a cached embedding, in this process, interleaved)
+  with ``cached_click_over_bare_decoder_p50``. ``encoder.int8.onnx`` is written next to ``encoder.onnx``
+  if absent (the project's int8 export, calibrated on ``--int8-calibration`` of the benchmark's images);
+* ``--store-restart`` (key ``store_restart``): first click on ``--store-images`` images with
+  ``EDGESAM_EMBEDDING_STORE`` (encodes), restart, first click again (store hits): per-image latencies and
+  the server's ``edgesam_embedding_store_total`` hit/miss and encoder-run counts;
+* ``--task-open`` (key ``task_open``): a real Label Studio 1.23.2 (tests/e2e_labelstudio/ls_server.py;
+  1-4 min to start), ``--task-open-tasks`` tasks per project, one project with the default
+  ``from-prompts`` and one with ``preannotate=automatic``: ``GET /api/tasks/{id}`` (what opening a task
+  asks; Label Studio calls the backend's ``/predict`` before answering) wall time, and the backend's own
+  seconds per route from its ``/metrics``.
+
+Targets on 2 cores: cached click p50 <= 60 ms; first click <= 0.7 s at 1024 px; zero errors; cached
+click <= 1.5x the bare decoder call; task open <= 1 s of backend time.
 
 Usage: python benchmarks/backend.py [--onnx-dir DIR] [--clicks 100] [--clients 8]
        [--clicks-per-client 100] [--threads N] [--out result.json]
        python benchmarks/backend.py --soak --clients 4 --clicks-per-client 300 --soak-images 20 --cache-mb 64
+       python benchmarks/backend.py --int8 --store-restart --task-open [--clicks 100] [--new-images 6]
 Without ``--onnx-dir`` the random-weight reference checkpoint in ../shared is exported (once, cached);
 its speed equals the real model's (same architecture).
 """
@@ -26,186 +45,34 @@ its speed equals the real model's (same architecture).
 from __future__ import annotations
 
 import argparse
-import http.server
-import io
 import os
 import platform
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import backend_modes
 import httpx
 from _common import emit_result
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-IMAGES = SHARED / "images"
-DEFAULT_CKPT = SHARED / "reference" / "edgesam" / "weights_perturbed.pth"
-TOKEN = "bench-token-0123456789"
-CONFIG = """<View><Image name="image" value="$image"/>
-<BrushLabels name="tag" toName="image"><Label value="Foreground"/><Label value="Background"/></BrushLabels>
-<KeyPointLabels name="kp" toName="image" smart="true"><Label value="Foreground"/></KeyPointLabels>
-<RectangleLabels name="rect" toName="image" smart="true"><Label value="Foreground"/></RectangleLabels>
-</View>"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_images(out: Path, n: int) -> list[tuple[str, int, int]]:
-    """``n`` photos resized to 1024 px on the long side → [(name, width, height)]."""
-    from PIL import Image
-
-    srcs = sorted(p for p in IMAGES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    res = []
-    for i in range(n):
-        src = srcs[i % len(srcs)]
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            s = 1024 / max(im.size)
-            im = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.BILINEAR)
-            if i >= len(srcs):  # distinct content for repeated sources
-                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            name = f"img{i:02d}.jpg"
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=90)
-            (out / name).write_bytes(buf.getvalue())
-            res.append((name, im.width, im.height))
-    return res
-
-
-def image_server(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != f"Token {TOKEN}":
-                self.send_error(401)
-                return
-            name = self.path.rsplit("/", 1)[-1]
-            p = root / name
-            if not self.path.startswith("/data/upload/") or not p.is_file():
-                self.send_error(404)
-                return
-            data = p.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
-
-
-def kp(x: float, y: float, w: int, h: int, positive: bool = True) -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"x": x, "y": y, "width": 0.3, "keypointlabels": ["Foreground"]},
-        "is_positive": positive,
-        "from_name": "kp",
-        "to_name": "image",
-        "type": "keypointlabels",
-    }
-
-
-def rect(x: float, y: float, bw: float, bh: float, w: int, h: int) -> dict:
-    return {
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {
-            "x": x,
-            "y": y,
-            "width": bw,
-            "height": bh,
-            "rotation": 0,
-            "rectanglelabels": ["Foreground"],
-        },
-        "from_name": "rect",
-        "to_name": "image",
-        "type": "rectanglelabels",
-    }
-
-
-def body(task_id: int, name: str, ctx: list[dict]) -> dict:
-    return {
-        "tasks": [{"id": task_id, "data": {"image": f"/data/upload/1/{name}"}}],
-        "project": "1.1",
-        "label_config": CONFIG,
-        "params": {"context": {"result": ctx}},
-    }
-
-
-def stats_ms(ts: list[float]) -> dict[str, float]:
-    ts = sorted(ts)
-    q = statistics.quantiles(ts, n=100, method="inclusive") if len(ts) > 1 else [ts[0]] * 99
-    return {
-        "n": len(ts),
-        "p50_ms": round(statistics.median(ts) * 1000, 1),
-        "p95_ms": round(q[94] * 1000, 1),
-        "mean_ms": round(statistics.fmean(ts) * 1000, 1),
-        "max_ms": round(ts[-1] * 1000, 1),
-    }
-
-
-SIZES: dict[str, list[int]] = {}
-
-
-def click(client: httpx.Client, payload: dict, kind: str = "other") -> tuple[float, bool]:
-    t = time.perf_counter()
-    try:
-        r = client.post("/predict", json=payload)
-        ok = r.status_code == 200 and bool(r.json()["results"][0]["result"])
-        SIZES.setdefault(kind, []).append(len(r.content))
-    except (httpx.HTTPError, ValueError, KeyError, IndexError):
-        ok = False
-    return time.perf_counter() - t, ok
-
-
-def server_means(metrics: str) -> dict[str, float]:
-    """Mean server-side seconds from the Prometheus histograms (sum / count)."""
-    vals: dict[str, float] = {}
-    for line in metrics.splitlines():
-        for key, prefix in (
-            ("decode_interactive", 'edgesam_decode_seconds_{}{{mode="interactive"}} '),
-            ("encode", "edgesam_encode_seconds_{} "),
-            ("http_predict", 'edgesam_http_request_duration_seconds_{}{{route="/predict",method="POST"}} '),
-        ):
-            for part in ("sum", "count"):
-                if line.startswith(prefix.format(part)):
-                    vals[f"{key}_{part}"] = float(line.split()[-1])
-    out = {}
-    for key in ("decode_interactive", "encode", "http_predict"):
-        if vals.get(f"{key}_count"):
-            out[f"{key}_mean_ms"] = round(vals[f"{key}_sum"] / vals[f"{key}_count"] * 1000, 1)
-    return out
-
-
-def peak_rss(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmHWM:", "VmRSS:")):
-                k, v = line.split(":", 1)
-                out[{"VmHWM": "peak_rss_mb", "VmRSS": "rss_mb"}[k]] = int(v.split()[0]) // 1024
-    except OSError:
-        pass
-    return out
+from backend_common import (
+    DEFAULT_CKPT,
+    SIZES,
+    body,
+    click,
+    image_server,
+    kp,
+    make_images,
+    peak_rss,
+    rect,
+    server_means,
+    start_backend,
+    stats_ms,
+    wait_healthy,
+)
 
 
 def run_clients(
@@ -233,39 +100,6 @@ def run_clients(
     for t in threads:
         t.join()
     return lat, errors, time.perf_counter() - t0
-
-
-def start_backend(
-    onnx_dir: Path, ls_url: str, threads: int, intra_op: int | None, **env_extra: str
-) -> tuple[subprocess.Popen, str]:
-    """``edgesam serve`` on a free port with the stand-in Label Studio at ``ls_url``; (process, base)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": TOKEN,
-        "THREADS": str(threads),
-        "LOG_LEVEL": "WARNING",
-        **env_extra,
-    }
-    if intra_op:
-        env["EDGESAM_INTRA_OP_THREADS"] = str(intra_op)
-    cmd = [sys.executable, "-m", "edgesam_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--onnx-dir", str(onnx_dir)], env=env)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("edgesam serve did not start")
-        time.sleep(0.2)
 
 
 def soak(args: argparse.Namespace, onnx_dir: Path) -> dict:
@@ -330,6 +164,12 @@ def main() -> None:
     ap.add_argument("--soak-images", type=int, default=24, help="soak: images (more than the cache holds)")
     ap.add_argument("--cache-mb", type=float, default=64, help="soak: EDGESAM_CACHE_MB (4 MB per image)")
     ap.add_argument("--idle", type=float, default=10, help="soak: seconds idle before the last RSS")
+    ap.add_argument("--int8", action="store_true", help="fp32 vs int8 encoder + the bare decoder call")
+    ap.add_argument("--int8-calibration", type=int, default=4, help="int8: images to calibrate on if needed")
+    ap.add_argument("--store-restart", action="store_true", help="embedding store hits after a restart")
+    ap.add_argument("--store-images", type=int, default=6, help="store-restart: images")
+    ap.add_argument("--task-open", action="store_true", help="task open through a real Label Studio")
+    ap.add_argument("--task-open-tasks", type=int, default=3, help="task-open: tasks per project")
     args = ap.parse_args()
 
     onnx_dir = args.onnx_dir
@@ -337,6 +177,18 @@ def main() -> None:
         from edgesam_backend.runtime.resolve import resolve_model
 
         onnx_dir = resolve_model(DEFAULT_CKPT).encoder.parent
+    modes = [m for m in ("int8", "store_restart", "task_open") if getattr(args, m)]
+    if modes:
+        result = {
+            "device": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        }
+        for m in modes:
+            result[m] = getattr(backend_modes, f"{m}_mode")(args, onnx_dir)
+        result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+        emit_result(result, args.out)
+        return
     if args.soak:
         emit_result(soak(args, onnx_dir), args.out)
         return
