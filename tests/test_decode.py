@@ -167,7 +167,7 @@ def test_label_studio_interactive_mask_is_predict(onnx_predictor, image_emb):
     _, emb = image_emb
     for pts, labels, box in _prompts():
         k, kind = interactive.choose_mask("auto", len(pts), box is not None)
-        mask, score = interactive.predict_mask(onnx_predictor, emb, pts, labels, box, k, kind)
+        mask, score, _ = interactive.predict_mask(onnx_predictor, emb, pts, labels, box, k, kind)
         pred = onnx_predictor.predict(pts, labels, box, num_multimask_outputs=k, embedding=emb)
         b = 0 if kind is None else pred.best(kind)
         assert np.array_equal(mask, pred.masks[b]) and score == float(pred.stability_scores[b])

@@ -561,7 +561,7 @@ def test_predict_mask_equals_predictor_predict(client, onnx_predictor, emb1) -> 
         labels[0] = 1
         box = np.array([50.5, 40.25, 400.75, 300.0]) if i % 4 == 3 else None
         for k, kind in ((1, None), (3, "stability"), (3, "iou"), (4, "stability")):
-            mask, score = interactive.predict_mask(backend.predictor, emb, pts, labels, box, k, kind)
+            mask, score, _ = interactive.predict_mask(backend.predictor, emb, pts, labels, box, k, kind)
             pred = onnx_predictor.predict(pts, labels, box, num_multimask_outputs=k, embedding=emb)
             idx = 0 if kind is None else pred.best(kind)
             assert np.array_equal(mask, pred.masks[idx]), (i, k, kind)

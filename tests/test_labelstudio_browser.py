@@ -164,7 +164,8 @@ def test_annotator_in_the_browser(ls_venv: Path, browser, onnx_predictor, tmp_pa
                 (region,) = answers[i]["data"]["result"]
                 assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Foreground"]
                 got = rle_to_mask(region["value"]["rle"], h, w) == 255
-                want = _expected(onnx_predictor, emb, ctx, w, h)
+                earlier = [sent[j]["context"]["result"] for j in range(i)]
+                want = _expected(onnx_predictor, emb, ctx, w, h, earlier)
                 assert np.array_equal(got, want), f"request {i}: mask differs from the predictor's"
                 inside, outside = _on_screen(clean, _screen(page, clip), want)
                 assert inside >= 0.6 and inside >= outside + 0.3, (

@@ -119,9 +119,15 @@ def _rectangle(x: float, y: float, bw: float, bh: float, w: int, h: int) -> dict
     return ls_rectangle(x, y, bw, bh, w=w, h=h, id="rect1", origin="manual")
 
 
-def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:
+def _expected(predictor, emb, ctx: list[dict], w: int, h: int, previous: list[list[dict]] = ()) -> np.ndarray:
     """What the predictor returns directly for the same prompt in pixels (the documented rule:
-    a single point → best stability of 3 masks; a box or several points → token 0)."""
+    a single point → best stability of 3 masks; a box or several points → token 0). ``previous``:
+    the contexts sent before on the same image, in order; when this one's keypoints are one of those
+    plus one point (same box), the backend decodes with that answer's low-res logits as mask input."""
+    return _answer(predictor, emb, ctx, w, h, list(previous))[0]
+
+
+def _pixels(ctx: list[dict], w: int, h: int):
     kps = [c for c in ctx if c["type"] == "keypointlabels"]
     rects = [c for c in ctx if c["type"] == "rectanglelabels"]
     if rects:
@@ -129,14 +135,35 @@ def _expected(predictor, emb, ctx: list[dict], w: int, h: int) -> np.ndarray:
         corners = coords.percent_to_pixels(
             [[v["x"], v["y"]], [v["x"] + v["width"], v["y"] + v["height"]]], w, h
         )
-        pred = predictor.predict(box=corners.reshape(-1), num_multimask_outputs=1, embedding=emb)
-        return pred.masks[0]
+        return None, None, corners.reshape(-1)
     pts = coords.percent_to_pixels([[c["value"]["x"], c["value"]["y"]] for c in kps], w, h)
-    labels = [0 if c.get("is_positive") is False else 1 for c in kps]
-    if len(kps) == 1:
-        pred = predictor.predict(pts, labels, num_multimask_outputs=3, embedding=emb)
-        return pred.masks[pred.best("stability")]
-    return predictor.predict(pts, labels, num_multimask_outputs=1, embedding=emb).masks[0]
+    return pts, [0 if c.get("is_positive") is False else 1 for c in kps], None
+
+
+def _answer(predictor, emb, ctx: list[dict], w: int, h: int, previous: list[list[dict]]):
+    """``(mask, low-res logits)`` of ``ctx`` after the ``previous`` contexts (see :func:`_expected`)."""
+    pts, labels, box = _pixels(ctx, w, h)
+    mask_input = None
+    if pts is not None:
+        key = {(round(float(x), 2), round(float(y), 2), lab) for (x, y), lab in zip(pts, labels, strict=True)}
+        for i in range(len(previous) - 1, -1, -1):
+            p_pts, p_labels, p_box = _pixels(previous[i], w, h)
+            if p_pts is None or p_box is not None or len(p_pts) != len(pts) - 1:
+                continue
+            p_key = {
+                (round(float(x), 2), round(float(y), 2), lab)
+                for (x, y), lab in zip(p_pts, p_labels, strict=True)
+            }
+            if p_key < key:
+                mask_input = _answer(predictor, emb, previous[i], w, h, previous[:i])[1][None]
+                break
+    if box is not None:
+        pred = predictor.predict(box=box, num_multimask_outputs=1, embedding=emb)
+        return pred.masks[0], pred.low_res_logits[0]
+    k = 3 if len(pts) == 1 else 1
+    pred = predictor.predict(pts, labels, mask_input=mask_input, num_multimask_outputs=k, embedding=emb)
+    best = pred.best("stability") if k == 3 else 0
+    return pred.masks[best], pred.low_res_logits[best]
 
 
 def _poll_predictions(api, params: dict, n: int, timeout: float = 180.0) -> list[dict]:
@@ -426,7 +453,10 @@ def test_label_studio_start_training_serves_a_new_version(
                 if len(versions) == 2:
                     break
                 time.sleep(2)
-            jobs = app.state.backend.fits.status()
+            fits = app.state.backend.fits
+            while fits.running is not None and time.monotonic() < deadline:  # the swap, then the job ends
+                time.sleep(0.2)
+            jobs = fits.status()
             assert len(versions) == 2, jobs
             assert jobs["finished"][-1]["state"] == "done" and jobs["finished"][-1]["tasks"] == 3, jobs
             new = versions[1]

@@ -32,16 +32,19 @@ def predict_mask(
     box: NDArray[np.float64] | None,
     num_multimask_outputs: int,
     kind: str | None,
-) -> tuple[NDArray[np.bool_], float]:
-    """``(H, W)`` bool mask (original frame) that ``predictor.predict(...)`` returns at index
-    ``best(kind)`` (token 0 with ``kind=None``) and its score (stability unless ``kind="iou"``), from
-    :meth:`BasePredictor.predict_selected`: only that mask is upscaled."""
+    mask_input: NDArray[np.float32] | None = None,
+) -> tuple[NDArray[np.bool_], float, NDArray[np.float32]]:
+    """``(mask, score, low_res)``: the ``(H, W)`` bool mask (original frame) that
+    ``predictor.predict(...)`` returns at index ``best(kind)`` (token 0 with ``kind=None``), its score
+    (stability unless ``kind="iou"``) and its ``(S/4, S/4)`` low-res logits (model frame: the next
+    click's ``mask_input``), from :meth:`BasePredictor.predict_selected`: only that mask is upscaled."""
     pred = predictor.predict_selected(
         point_coords,
         point_labels,
         box,
+        mask_input,
         select=kind or "single",
         num_multimask_outputs=num_multimask_outputs,
         embedding=emb,
     )
-    return pred.masks[0], float(pred.scores(kind or "stability")[0])
+    return pred.masks[0], float(pred.scores(kind or "stability")[0]), pred.low_res_logits[0]

@@ -35,6 +35,7 @@ from .precompute import PrecomputeQueue
 from .prejobs import PreannotationJobs
 from .priority import Priority
 from .projects import Projects, ProjectState, option, parse_extra, project_key
+from .refine import ClickMemory
 from .regions import mask_regions
 from .serving import ServedModels, Serving
 from .settings import MaskChoice, Settings
@@ -57,6 +58,7 @@ class EdgeSAMBackend(PreannotationJobs, ServedModels):
         self.fetcher = fetcher or ImageFetcher(settings)
         self.metrics = metrics or Metrics()
         self.url_index = UrlIndex(settings.url_ttl)
+        self.clicks = ClickMemory()
         self._downloads: SingleFlight[tuple[ImageEmbedding, bool]] = SingleFlight()
         self.projects = Projects()
         self.priority = Priority()
@@ -85,6 +87,11 @@ class EdgeSAMBackend(PreannotationJobs, ServedModels):
         m.gauge("edgesam_embedding_cache_entries", "Images in the embedding cache.", lambda: len(self.cache))
         m.gauge(
             "edgesam_embedding_cache_evictions", "Embeddings evicted so far.", lambda: self.cache.evictions
+        )
+        m.gauge(
+            "edgesam_refine_mask_input_total",
+            "Clicks decoded with the previous answer's logits as mask input.",
+            lambda: self.clicks.hits,
         )
         m.gauge(
             "edgesam_precompute_pending",
@@ -237,7 +244,8 @@ class EdgeSAMBackend(PreannotationJobs, ServedModels):
         serving = self.serving  # one version for the whole request (see .serving)
         emb, _ = self.embedding(url, tid, serving)
         t0 = time.perf_counter()
-        regions, score = self._prompt_regions(emb, raw, label, config, state, serving)
+        scope = (serving.version, self.fetcher.identity(url, tid))
+        regions, score = self._prompt_regions(emb, raw, label, config, state, serving, scope)
         self.metrics.decode_seconds.observe(time.perf_counter() - t0, "interactive")
         self.metrics.predictions.inc("interactive")
         return {"result": regions, "score": round(score, 6), "model_version": serving.version}
@@ -250,18 +258,27 @@ class EdgeSAMBackend(PreannotationJobs, ServedModels):
         config: LabelConfig,
         state: ProjectState | None,
         serving: Serving,
+        scope: tuple[str, str] | None = None,
     ) -> tuple[list[dict[str, Any]], float]:
         """One prompt (a :class:`.context.RawPrompt`) → its mask's regions on the label's outputs, by
-        ``serving``'s predictor (the one that computed ``emb``)."""
+        ``serving``'s predictor (the one that computed ``emb``). With ``scope`` (version, image) the
+        answer is remembered and a prompt that extends a remembered one refines it (:mod:`.refine`)."""
         prompt = to_pixels(raw, emb.original_hw)
         mode: MaskChoice = option(state, "mask_choice", self.settings.mask_choice)
         k, kind = interactive.choose_mask(mode, raw.n_points, prompt.box is not None)
+        pts, labels, box = prompt.point_coords, prompt.point_labels, prompt.box
+        remember = (
+            scope is not None and self.settings.refine_with_mask and serving.predictor.supports_mask_input
+        )
+        prev = self.clicks.previous(scope, pts, labels, box) if remember else None
         try:
-            mask, score = interactive.predict_mask(
-                serving.predictor, emb, prompt.point_coords, prompt.point_labels, prompt.box, k, kind
+            mask, score, low = interactive.predict_mask(
+                serving.predictor, emb, pts, labels, box, k, kind, prev
             )
         except PromptError as exc:
             raise Unprocessable(f"invalid prompt: {exc}") from None
+        if remember:
+            self.clicks.put(scope, pts, labels, box, low)
         if prompt.output_rotation:
             mask = rotate_mask(mask, prompt.output_rotation)
         regions = mask_regions(

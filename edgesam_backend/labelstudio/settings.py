@@ -85,6 +85,7 @@ class Settings(BaseModel):
 
     # interactive
     mask_choice: MaskChoice = "auto"
+    refine_with_mask: bool = True
     polygon_tolerance: float = Field(1.0, ge=0)
 
     # batch / pre-annotation (context-less /predict, webhooks)

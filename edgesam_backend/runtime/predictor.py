@@ -19,7 +19,7 @@ from . import transforms
 from .base import F32, BasePredictor, DecodeOutputs
 from .masks import stability_score
 from .model_files import FLAVOUR_OURS, Capabilities, OnnxModelError, read_capabilities
-from .providers import ExecutionPlan, resolve_providers
+from .providers import ExecutionPlan, parse_device, resolve_providers
 
 #: Default prompts per decoder run on the CPU (bounded memory; see :class:`OnnxPredictor`).
 CPU_DECODE_BATCH = 8
@@ -72,6 +72,9 @@ class OnnxPredictor(BasePredictor):
         max_decode_batch: prompts per onnxruntime decoder run; larger ``decode`` batches are split
             (same outputs). Default: :data:`CPU_DECODE_BATCH` on the CPU (with the arena the decoder's
             peak resident memory is ~0.6 GB at 8, ~1.1 GB at 16, ~3.9 GB at 64), none on accelerators.
+        io_binding: keep the image embedding on the execution device between decoder calls
+            (onnxruntime IO binding: one host→device copy per image instead of one per decoder call,
+            4 MB at 1024 px). Default: on for CUDA / TensorRT, off on the CPU (nothing to copy there).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class OnnxPredictor(BasePredictor):
         decoder_mem_arena: bool = True,
         capabilities: Capabilities | None = None,
         max_decode_batch: int | str | None = "auto",
+        io_binding: bool | None = None,
     ) -> None:
         super().__init__()
         caps = capabilities if capabilities is not None else read_capabilities(encoder_path, decoder_path)
@@ -105,6 +109,36 @@ class OnnxPredictor(BasePredictor):
         self.supports_mask_input = caps.supports_mask_input
         self.image_size = caps.image_size
         self._official_stability = caps.official_scores_are_stability
+        name, index = parse_device(plan.chosen)
+        on_gpu = name in ("cuda", "tensorrt")
+        self.io_binding = on_gpu if io_binding is None else bool(io_binding)
+        self._ort_device = ("cuda" if on_gpu else "cpu", index or 0)
+        self._bound: tuple[NDArray[np.float32], ort.OrtValue] | None = None
+
+    def _device_embedding(self, embeddings: NDArray[np.float32]) -> ort.OrtValue:
+        """The embedding as an OrtValue on the execution device, copied once per embedding array."""
+        bound = self._bound
+        if bound is not None and bound[0] is embeddings:
+            return bound[1]
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(embeddings), *self._ort_device)
+        self._bound = (embeddings, value)
+        return value
+
+    def _run_decoder(
+        self, outputs: list[str], feeds: dict[str, NDArray[np.float32]]
+    ) -> list[NDArray[np.float32]]:
+        if not self.io_binding:
+            return self.decoder.run(outputs, feeds)
+        binding = self.decoder.io_binding()
+        for key, value in feeds.items():
+            if key == "image_embeddings":
+                binding.bind_ortvalue_input(key, self._device_embedding(value))
+            else:
+                binding.bind_cpu_input(key, np.ascontiguousarray(value))
+        for out in outputs:
+            binding.bind_output(out, "cpu")
+        self.decoder.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
     def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.encoder.run([self._enc_output], {self._enc_input: x})[0]
@@ -123,7 +157,7 @@ class OnnxPredictor(BasePredictor):
             if mask_input is None:
                 low = transforms.low_res_size(transforms.image_size_of_embeddings(embeddings))
                 mask_input = np.zeros((b, 1, low, low), np.float32)
-            low, iou, stab = self.decoder.run(
+            low, iou, stab = self._run_decoder(
                 ["low_res_logits", "iou_predictions", "stability_scores"],
                 {
                     "image_embeddings": embeddings,
@@ -136,7 +170,7 @@ class OnnxPredictor(BasePredictor):
             return low, iou, stab
         lows, scores = [], []
         for i in range(b):  # the official export has a fixed batch of 1
-            s, m = self.decoder.run(
+            s, m = self._run_decoder(
                 ["scores", "masks"],
                 {
                     "image_embeddings": embeddings,
