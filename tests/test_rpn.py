@@ -287,8 +287,8 @@ def test_short_training_learns_and_resumes(tmp_path):
     assert metrics["steps"] == 40
     assert metrics["loss_last"] < metrics["loss_first"]
     assert metrics["val"]["recall@0.5_K100"] > before["recall@0.5_K100"] + 0.1
-    trained = load_edge_sam(tmp_path / "run" / "edge_sam_rpn.pth")
-    assert trained.rpn_head is not None
+    trained = load_edge_sam(tmp_path / "run" / "edge_sam_rpn.pth")  # its own input size: no argument
+    assert trained.rpn_head is not None and trained.image_size == cfg.input_size
 
 
 def test_train_rpn_cli_config_errors(tmp_path, capsys):

@@ -57,14 +57,16 @@ _SCRIPT = textwrap.dedent(
 
     app = create_app(Settings.from_env({}, onnx_dir=onnx_dir))
     assert TestClient(app).get("/health").status_code == 200
-    r = TestClient(app).post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
-    train = [r.status_code, r.json().get("detail", "")]
 
     from edgesam_backend.pipeline import load_pipeline, run_pipeline
 
     summary = run_pipeline(load_pipeline(pipeline_yaml), progress=False)
     loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-    print(json.dumps({"attempts": attempts, "loaded": loaded, "imported": imported,
+    served_attempts = list(attempts)
+    # last: "Start Training" looks for torch (find_spec, which the hook records) and must answer 422
+    r = TestClient(app).post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    train = [r.status_code, r.json().get("detail", "")]
+    print(json.dumps({"attempts": served_attempts, "loaded": loaded, "imported": imported,
                       "version": app.state.backend.model_version, "summary": summary,
                       "train": train}))
     """

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, field_validator
 
 from ..formats.coco import read_coco
-from ..model.checkpoint import load_edge_sam
+from ..model.checkpoint import load_edge_sam, with_metadata
 from ..model.edge_sam import EdgeSam, build_edge_sam
 from ..runtime import transforms
 from ..runtime.boxes import box_iou, nms
@@ -275,5 +275,7 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
     metrics.update(res.loss_summary(parts=10))
     if val is not None:
         metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
-    # a plain state_dict: loads in the engine
-    return finish_run(DistEnv(), model, out / "edge_sam_rpn.pth", metrics)
+    # with its input size, like a fine-tuned checkpoint: load_edge_sam/export/serve read it
+    return finish_run(
+        DistEnv(), model, out / "edge_sam_rpn.pth", metrics, lambda sd: with_metadata(sd, cfg.input_size)
+    )
