@@ -326,10 +326,13 @@ def test_webhook_precomputes_embeddings(client) -> None:
     while backend._pending and time.monotonic() < deadline:
         time.sleep(0.05)
     assert backend._pending == 0
-    hits = backend.metrics.cache_hits.value()
+    hits, misses = backend.metrics.cache_hits.value(), backend.metrics.cache_misses.value()
     r = _predict(client, [_kp(50, 50, w=1800, h=1200)], image="/data/upload/1/truck.jpg", task_id=12)
     assert r.status_code == 200
-    assert backend.metrics.cache_hits.value() == hits + 1  # the click found the precomputed embedding
+    # the click found the precomputed embedding (no encoder run); the webhook's background
+    # pre-annotation of the same tasks may count hits of its own meanwhile
+    assert backend.metrics.cache_misses.value() == misses
+    assert backend.metrics.cache_hits.value() >= hits + 1
     assert backend.metrics.cache_misses.value() >= before + 1
     r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {}})
     assert r.status_code == 200 and r.json()["status"] == "Unknown event"
