@@ -23,7 +23,7 @@ import numpy as np
 from ..fileio import atomic_write_text
 from ..formats.labelstudio.results import MASK_TYPES, first_annotation, task_masks
 from ..runtime.base import BasePredictor
-from ..runtime.masks import mask_iou
+from ..runtime.masks import center_point, mask_iou
 from .images import ImageFetcher, decode_image
 
 
@@ -83,12 +83,6 @@ def write_set(
     return FitSet(images, path, len(tasks), n_masks)
 
 
-def _center(mask: np.ndarray) -> tuple[float, float]:
-    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return float(x), float(y)
-
-
 def held_out_miou(predictor: BasePredictor, held: FitSet, max_images: int = 50) -> dict[str, Any]:
     """mIoU ×100 of ``predictor`` on the held-out masks: ``box`` (tight box, token 0) and ``point``
     (the mask's distance-transform centre, best of 3 by stability), original image frame."""
@@ -108,7 +102,7 @@ def held_out_miou(predictor: BasePredictor, held: FitSet, max_images: int = 50) 
             box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
             pred = predictor.predict_selected(None, None, box, select="single", embedding=emb)
             box_ious.append(float(mask_iou(pred.masks[0], gt)))
-            pt = np.array([_center(gt)], np.float64)
+            pt = np.array([center_point(gt)], np.float64)
             pred = predictor.predict_selected(
                 pt, np.ones(1, np.int64), None, select="stability", num_multimask_outputs=3, embedding=emb
             )

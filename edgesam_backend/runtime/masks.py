@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -153,3 +154,14 @@ def decode_rles(rles: list[dict]) -> NDArray[np.bool_]:
         raise ValueError("decode_rles needs at least one RLE")
     dec = mask_utils.decode(list(rles))  # (H, W, N) Fortran order
     return np.ascontiguousarray(dec.transpose(2, 0, 1)).view(bool)
+
+
+def center_point(mask: NDArray[np.bool_]) -> tuple[float, float]:
+    """(x, y) of the mask pixel farthest from the background (exact Euclidean distance transform;
+    ties → first in raster order). The image border is not background, as in the official kornia code."""
+    m = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8))
+    if not m.any():
+        raise ValueError("center_point of an empty mask")
+    dist = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x), float(y)

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ..runtime.masks import center_point  # noqa: F401 - the one implementation, re-used here
+
 DUMMY_LABEL = -2
 
 
@@ -69,17 +71,6 @@ def select_by_iou(iou: torch.Tensor, *masks: torch.Tensor) -> tuple[torch.Tensor
     k = iou.argmax(dim=1)
     rows = torch.arange(iou.shape[0], device=iou.device)
     return tuple(m[rows, k] for m in masks)
-
-
-def center_point(mask: NDArray[np.bool_]) -> tuple[float, float]:
-    """(x, y) of the mask pixel farthest from the background (exact Euclidean distance transform;
-    ties → first in raster order). The image border is not background, as in the official kornia code."""
-    m = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8))
-    if not m.any():
-        raise ValueError("center_point of an empty mask")
-    dist = cv2.distanceTransform(m, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return float(x), float(y)
 
 
 def correction_click(pred: NDArray[np.bool_], gt: NDArray[np.bool_]) -> tuple[float, float, int]:
