@@ -191,14 +191,7 @@ class FitJobs:
                 f"the served model {served.version} came from ONNX files: set EDGESAM_TRAIN_INIT to the "
                 "checkpoint (name or .pth) they were exported from, so that training can start from it"
             )
-        with self._lock:
-            if self._job is not None:
-                j = self._job
-                raise Conflict(
-                    f"fit {j.id} of project {j.project} is running ({j.state}, step {j.step}/{j.max_steps})"
-                )
-            job = FitJob(id=len(self.history) + 1, project=int(project), reason=reason)
-            self._job = job
+        job = self._claim(project, reason)
         try:
             tasks, key = self._annotated(job.project)
         except BaseException:
@@ -216,17 +209,25 @@ class FitJobs:
         )
         return job
 
+    def _claim(self, project: int, reason: str) -> FitJob:
+        """The new job, now the running one; :class:`Conflict` while another runs."""
+        with self._lock:
+            if self._job is not None:
+                j = self._job
+                raise Conflict(
+                    f"fit {j.id} of project {j.project} is running ({j.state}, step {j.step}/{j.max_steps})"
+                )
+            self._job = FitJob(id=len(self.history) + 1, project=int(project), reason=reason)
+            return self._job
+
     def run_sync(self, project: int, tasks: list[dict[str, Any]], image_key: str) -> FitJob:
         """Run a fit on given tasks in this thread (no Label Studio API needed: the images are
         fetched like ``/predict`` fetches them); the finished job. Raises :class:`Conflict`."""
-        with self._lock:
-            if self._job is not None:
-                raise Conflict(f"fit {self._job.id} is running")
-            job = FitJob(id=len(self.history) + 1, project=int(project), reason="run_sync")
-            self._job = job
-        job.tasks = len(annotated_tasks(tasks, image_key))
+        job = self._claim(project, "run_sync")
+        kept = annotated_tasks(tasks, image_key)
+        job.tasks = len(kept)
         self.metrics.training.inc("started")
-        self._run(job, annotated_tasks(tasks, image_key), image_key, self.served())
+        self._run(job, kept, image_key, self.served())
         return job
 
     def _annotated(self, project: int) -> tuple[list[dict[str, Any]], str]:
