@@ -4,6 +4,10 @@ Cached model (other tools read it; reused when present, ``--retrain`` to rebuild
     ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/finetune/edge_sam_finetuned.pth
         ``{"model": state_dict, "image_size": SIZE}`` (:func:`edgesam_backend.model.checkpoint.with_metadata`)
     ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/rpn/edge_sam_rpn.pth  (same encoder + ``rpn_head.*``)
+    ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/finetune-ext/, rpn-finetune-ext/  (``--extend-steps``:
+        stage 2, continued from stage 1 with a fresh schedule; then the model every report uses)
+    ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/untrained-report.json  (the untrained model's reports:
+        seeded init and fixed data make it a constant of the setting, so it is computed once)
     ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/val/{images/,annotations.json}  (held-out COCO)
     ~/.cache/edgesam-bench/synthetic/s{SIZE}-n{TRAIN}/train/...                        (training COCO)
 Data: :func:`edgesam_backend.training.synthetic.write_coco_dataset`, train seed 1, held-out seed 2.
@@ -28,6 +32,7 @@ reports on the held-out images, for the trained and the untrained (seeded random
 Prints one JSON object (``--out FILE`` also writes it).
 
 Usage: python benchmarks/quality.py [--size 256] [--train 2000] [--val 200] [--budget-min 25] [--threads 2]
+       [--extend-steps N --extend-lr 5e-4]
 """
 
 from __future__ import annotations
@@ -115,11 +120,30 @@ def train_model(work: Path, size: int, threads: int, budget_s: float, log: Calla
     return final
 
 
-def train_rpn_head(work: Path, size: int, threads: int, steps: int, log: Callable[[str], Any]) -> Path:
-    """Region proposal head on the frozen fine-tuned encoder; its checkpoint (full model + head)."""
+def extend_model(
+    work: Path, size: int, threads: int, steps: int, lr: float, log: Callable[[str], Any]
+) -> Path:
+    """Stage 2: ``steps`` more fine-tuning steps from the stage-1 checkpoint (``init:`` its path), a
+    fresh warm-up + cosine from ``lr``, into ``work/finetune-ext`` (resumable like stage 1)."""
+    from edgesam_backend.training.finetune import FINAL_NAME, finetune
+    from edgesam_backend.training.finetune_config import FinetuneConfig
+
+    out = work / "finetune-ext"
+    final = out / FINAL_NAME
+    if not final.is_file():
+        cfg = _ft_config(work, size, threads, out, steps)
+        cfg.update(init=str(work / "finetune" / FINAL_NAME), lr=lr, warmup_steps=50)
+        finetune(FinetuneConfig.model_validate(cfg), log=log)
+    return final
+
+
+def train_rpn_head(
+    work: Path, size: int, threads: int, steps: int, log: Callable[[str], Any], stage: str = "finetune"
+) -> Path:
+    """Region proposal head on the frozen encoder of ``work/stage``; its checkpoint (model + head)."""
     from edgesam_backend.training.rpn import RpnTrainConfig, train_rpn
 
-    out = work / "rpn"
+    out = work / ("rpn" if stage == "finetune" else f"rpn-{stage}")
     final = out / "edge_sam_rpn.pth"
     if final.is_file():
         return final
@@ -127,7 +151,7 @@ def train_rpn_head(work: Path, size: int, threads: int, steps: int, log: Callabl
         train_images=work / "train" / "images",
         train_annotations=work / "train" / "annotations.json",
         output_dir=out,
-        checkpoint=str(work / "finetune" / "edge_sam_finetuned.pth"),
+        checkpoint=str(work / stage / "edge_sam_finetuned.pth"),
         input_size=size,
         freeze_encoder=True,
         max_steps=steps,
@@ -259,11 +283,11 @@ def everything(
     return out
 
 
-def _grid(side: int) -> Callable[..., dict[str, Any]]:
+def _grid(side: int, **mode_kw: Any) -> Callable[..., dict[str, Any]]:
     def run(predictor: Any, data: list[tuple[Path, np.ndarray]], amg_kw: dict[str, Any]) -> dict[str, Any]:
         from edgesam_backend.runtime.amg import AutomaticMaskGenerator
 
-        gen = AutomaticMaskGenerator(predictor, points_per_side=side, **amg_kw)
+        gen = AutomaticMaskGenerator(predictor, points_per_side=side, **mode_kw, **amg_kw)
         return everything(predictor, data, lambda emb: gen.generate(emb, return_stats=True))
 
     return run
@@ -287,6 +311,9 @@ MODES: dict[str, Callable[[Any, list[tuple[Path, np.ndarray]], dict[str, Any]], 
     "grid32": _grid(32),
     "grid16": _grid(16),
     "proposals100": _proposals(100),
+    # the shipped default (quickstart pipeline, Label Studio batch): coverage over the 32x32 grid,
+    # 320 prompts at most, proposals first when the model has the head
+    "coverage32": _grid(32, strategy="coverage", max_prompts=320),
 }
 
 
@@ -334,6 +361,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--budget-min", type=float, default=25.0, help="fine-tuning wall-clock budget")
     ap.add_argument("--rpn-steps", type=int, default=300)
+    ap.add_argument("--extend-steps", type=int, default=0, help="stage 2: more steps from the stage-1 model")
+    ap.add_argument("--extend-lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images scored (default all)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated keys of MODES")
@@ -362,32 +391,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = work_dir(args.size, args.train, args.cache)
     if args.retrain:
-        for sub in ("finetune", "probe", "rpn", "finetune_plan.json"):
+        for sub in ("finetune", "probe", "rpn", "finetune_plan.json", "finetune-ext", "rpn-finetune-ext"):
             p = work / sub
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     t0 = time.perf_counter()
     ensure_data(work, args.size, args.train, args.val)
     final = train_model(work, args.size, args.threads, args.budget_min * 60, log)
+    stage = "finetune"
+    if args.extend_steps:
+        final = extend_model(work, args.size, args.threads, args.extend_steps, args.extend_lr, log)
+        stage = "finetune-ext"
     train_s = time.perf_counter() - t0
-    rpn_path = train_rpn_head(work, args.size, args.threads, args.rpn_steps, log)
+    rpn_path = train_rpn_head(work, args.size, args.threads, args.rpn_steps, log, stage)
     val = MaskDataset(read_coco_masks(work / "val" / "images", work / "val" / "annotations.json"), args.size)
     boxes = CocoBoxes(work / "val" / "images", work / "val" / "annotations.json", args.size)
-    torch.manual_seed(0)
-    untrained = build_edge_sam(image_size=args.size, with_rpn=True)
     trained = load_edge_sam(final, image_size=None)
     with_rpn = load_edge_sam(rpn_path, image_size=args.size, with_rpn=True)
     modes = [m for m in args.modes.split(",") if m]
-    result: dict[str, Any] = {
-        "setting": {"size": args.size, "train": args.train, "val": args.val, "threads": args.threads},
-        "checkpoint": str(final),
-        "rpn_checkpoint": str(rpn_path),
-        "train_and_data_s": round(train_s, 1),
-        "finetune_metrics": json.loads((work / "finetune" / "metrics.json").read_text()),
-        "trained": {"prompted": prompted(trained, val, args.eval_images)},
-        "untrained": {"prompted": prompted(untrained, val, args.eval_images)},
-    }
-    result["trained"]["rpn"] = evaluate_recall(with_rpn, boxes, args.eval_images)
-    result["untrained"]["rpn"] = evaluate_recall(untrained, boxes, args.eval_images)
     from edgesam_backend.model.predictor import TorchPredictor
 
     data = _gt_instances(work, args.eval_images)
@@ -396,13 +416,66 @@ def main() -> None:
         for k, v in (("pred_iou_thresh", args.iou_thresh), ("stability_score_thresh", args.stability_thresh))
         if v is not None
     }
-    predictors = {"trained": TorchPredictor(with_rpn), "untrained": TorchPredictor(untrained)}
-    for name, pred in predictors.items():
-        result[name]["everything"] = {m: MODES[m](pred, data, amg_kw) for m in modes}
-    if not args.no_int8:
-        torch.save(with_metadata(untrained.state_dict(), args.size), work / "untrained.pth")
-        for name, path in (("trained", final), ("untrained", work / "untrained.pth")):
-            result[name]["int8"] = int8_report(work, path, data[:20])
+
+    # The untrained model is a constant of the setting (seeded init, fixed data): each of its parts
+    # is computed once and cached in work/untrained-report.json.
+    cache_file = work / "untrained-report.json"
+    known: dict[str, Any] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    untrained_model: list[Any] = []
+
+    def untrained() -> Any:
+        if not untrained_model:
+            torch.manual_seed(0)
+            untrained_model.append(build_edge_sam(image_size=args.size, with_rpn=True))
+            torch.save(with_metadata(untrained_model[0].state_dict(), args.size), work / "untrained.pth")
+        return untrained_model[0]
+
+    def untrained_path() -> Path:
+        untrained()
+        return work / "untrained.pth"
+
+    def part(trained_run: bool, name: str, fn: Callable[[], Any]) -> Any:
+        if trained_run:
+            return fn()
+        key = json.dumps([name, args.eval_images, amg_kw if name.startswith("everything") else {}])
+        if key not in known:
+            known[key] = fn()
+            cache_file.write_text(json.dumps(known))
+        return known[key]
+
+    def report(is_trained: bool) -> dict[str, Any]:
+        model = (lambda: trained) if is_trained else untrained
+        head = (lambda: with_rpn) if is_trained else untrained
+        out: dict[str, Any] = {
+            "prompted": part(is_trained, "prompted", lambda: prompted(model(), val, args.eval_images)),
+            "rpn": part(is_trained, "rpn", lambda: evaluate_recall(head(), boxes, args.eval_images)),
+            "everything": {
+                m: part(
+                    is_trained, f"everything.{m}", lambda m=m: MODES[m](TorchPredictor(head()), data, amg_kw)
+                )
+                for m in modes
+            },
+        }
+        if not args.no_int8:
+            out["int8"] = part(
+                is_trained,
+                "int8",
+                lambda: int8_report(work, final if is_trained else untrained_path(), data[:20]),
+            )
+        return out
+
+    result: dict[str, Any] = {
+        "setting": {"size": args.size, "train": args.train, "val": args.val, "threads": args.threads},
+        "checkpoint": str(final),
+        "rpn_checkpoint": str(rpn_path),
+        "train_and_data_s": round(train_s, 1),
+        "finetune_metrics": json.loads((work / "finetune" / "metrics.json").read_text()),
+        "extend_metrics": (
+            json.loads((work / stage / "metrics.json").read_text()) if args.extend_steps else None
+        ),
+        "trained": report(True),
+        "untrained": report(False),
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -47,7 +47,7 @@ from .loop import (
 )
 from .losses import segmentation_loss
 from .prompts import center_point, correction_clicks
-from .schedule import param_groups, warmup_cosine
+from .schedule import adamw, param_groups, warmup_cosine
 
 FINAL_NAME = "edge_sam_finetuned.pth"
 
@@ -239,7 +239,7 @@ def _finetune(cfg: FinetuneConfig, log: Log) -> dict[str, Any]:
     if cfg.val_images is not None and cfg.val_annotations is not None:
         val = MaskDataset(read_masks(cfg.format, cfg.val_images, cfg.val_annotations), cfg.image_size)
     model = build_model(cfg, say).to(env.device)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     runner = wrap_ddp(FinetuneStep(model, cfg), env, find_unused=True)
 
     def step_fn(batch: list[MaskSample], step: int) -> tuple[torch.Tensor | None, dict[str, Any]]:

@@ -28,7 +28,7 @@ from ..runtime.proposals import decode_proposals, location_points
 from ..yamlconfig import StrictModel
 from .loop import DistEnv, LoopSettings, finish_run, num_threads, run_loop
 from .losses import giou_loss, sigmoid_focal
-from .schedule import warmup_cosine
+from .schedule import adamw, warmup_cosine
 
 #: Box-size ranges (max side, model-frame pixels) assigned to P3..P6.
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, math.inf))
@@ -233,7 +233,7 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
         for p in enc:
             p.requires_grad_(True)
         groups.append({"params": enc, "lr_scale": (cfg.encoder_lr or cfg.lr) / cfg.lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def batches(start: int) -> Iterator[list[int]]:
         for _, idx in _batches(len(train), cfg.batch_size, cfg.seed, start):
