@@ -139,15 +139,25 @@ def stats_ms(ts: list[float]) -> dict[str, float]:
 SIZES: dict[str, list[int]] = {}
 
 
+#: Pause before each measured call in the interleaved modes. onnxruntime's worker threads spin for a
+#: while after a run; back to back, one process's spinning pool steals a core from the next process's
+#: call (measured: a cached click 172 ms right after the bare decoder call, 120 ms 0.1 s later). An
+#: annotator's clicks are seconds apart, so the pause measures what they feel.
+CALL_GAP_S = 0.1
+
+
 def click(client: httpx.Client, payload: dict, kind: str = "other") -> tuple[float, bool]:
+    """``(seconds from sending the request to the whole response received, answered with a region)``;
+    the client's JSON parse is not timed (a browser parses on its own thread)."""
     t = time.perf_counter()
     try:
         r = client.post("/predict", json=payload)
+        dt = time.perf_counter() - t
         ok = r.status_code == 200 and bool(r.json()["results"][0]["result"])
         SIZES.setdefault(kind, []).append(len(r.content))
     except (httpx.HTTPError, ValueError, KeyError, IndexError):
-        ok = False
-    return time.perf_counter() - t, ok
+        dt, ok = time.perf_counter() - t, False
+    return dt, ok
 
 
 def server_means(metrics: str) -> dict[str, float]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from backend_common import (
+    CALL_GAP_S,
     CONFIG,
     ROOT,
     body,
@@ -107,10 +108,12 @@ def int8_mode(args: argparse.Namespace, onnx_dir: Path) -> dict:
             for _ in range(args.clicks):
                 x, y = rng.uniform(5, 95), rng.uniform(5, 95)
                 for v in variants:
+                    time.sleep(CALL_GAP_S)
                     dt, ok = click(clients[v], body(0, name, [kp(x, y, w, h)]))
                     assert ok, f"{v}: cached click failed"
                     lat[v]["cached"].append(dt)
                 pt = np.array([[x / 100 * w, y / 100 * h]])
+                time.sleep(CALL_GAP_S)
                 t = time.perf_counter()
                 predictor.predict_selected(
                     pt, np.array([1]), select="stability", num_multimask_outputs=3, embedding=emb
