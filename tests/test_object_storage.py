@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from edgesam_backend.pipeline import storage
+from edgesam_backend.pipeline.base import PipelineError
 from edgesam_backend.pipeline.loader import load_pipeline
 from edgesam_backend.pipeline.records import ImageItem, ImageResult
 from edgesam_backend.pipeline.runner import run_pipeline
@@ -96,6 +97,128 @@ def test_folder_source_lists_a_url_like_a_directory(tmp_path):
         assert [i.file_name for i in FolderSource(cfg, ctx).items()] == ["a.png"]
     finally:
         fs.rm("/edgesam-src-test", recursive=True)
+
+
+def test_files_source_reads_a_list_and_paths_from_urls(tmp_path):
+    """``source.files``: a list file at a URL (entries relative to it, or URLs), inline URL ``paths``
+    and a URL ``root``; file names are relative to the root, every path is readable by the workers."""
+    fsspec = pytest.importorskip("fsspec")
+    from edgesam_backend.pipeline.base import StepContext
+    from edgesam_backend.pipeline.steps.sources import FilesConfig, FilesSource
+    from edgesam_backend.pipeline.worker import read_item
+
+    fs = fsspec.filesystem("memory")
+    for rel in ("imgs/a.jpg", "imgs/sub/b.jpg", "other/c.jpg"):
+        fs.pipe_file(f"/edgesam-files-test/{rel}", rel.encode())
+    fs.pipe_file(
+        "/edgesam-files-test/imgs/list.txt",
+        b"# the images\na.jpg\n  sub/b.jpg  # second\nmemory://edgesam-files-test/other/c.jpg\n",
+    )
+    ctx = StepContext(tmp_path, tmp_path / "out")
+    lst = "memory://edgesam-files-test/imgs/list.txt"
+
+    def check(raw: dict) -> list[tuple[str, str]]:
+        cfg = FilesConfig.model_validate(raw, context={"base_dir": tmp_path})  # as from a YAML file
+        items = FilesSource(cfg, ctx).items()
+        assert [read_item(it)[0] for it in items] == [
+            it.path.split("edgesam-files-test/")[1].encode() for it in items
+        ]
+        return [(it.file_name, it.path) for it in items]
+
+    try:
+        assert check({"list_file": lst}) == [
+            ("a.jpg", "memory://edgesam-files-test/imgs/a.jpg"),
+            ("sub/b.jpg", "memory://edgesam-files-test/imgs/sub/b.jpg"),
+            ("edgesam-files-test/other/c.jpg", "memory://edgesam-files-test/other/c.jpg"),  # outside the root
+        ]
+        named = check({"list_file": lst, "root": "memory://edgesam-files-test/"})
+        assert [n for n, _ in named] == ["imgs/a.jpg", "imgs/sub/b.jpg", "other/c.jpg"]
+        inline = check(
+            {
+                "paths": [
+                    "memory://edgesam-files-test/imgs/sub/b.jpg",
+                    "memory://edgesam-files-test/other/c.jpg",
+                ],
+                "root": "memory://edgesam-files-test",
+            }
+        )
+        assert inline == [
+            ("imgs/sub/b.jpg", "memory://edgesam-files-test/imgs/sub/b.jpg"),
+            ("other/c.jpg", "memory://edgesam-files-test/other/c.jpg"),
+        ]
+        with pytest.raises(PipelineError, match=r"cannot read memory://edgesam-files-test/nowhere\.txt"):
+            FilesSource(FilesConfig(list_file="memory://edgesam-files-test/nowhere.txt"), ctx).items()
+        fs.pipe_file("/KEY:pw@edgesam-files-test/empty.txt", b"# nothing\n")  # credentials never shown
+        with pytest.raises(PipelineError, match=r"list memory://edgesam-files-test/empty\.txt names no") as e:
+            FilesSource(FilesConfig(list_file="memory://KEY:pw@edgesam-files-test/empty.txt"), ctx).items()
+        assert "pw" not in str(e.value)
+    finally:
+        for d in ("/edgesam-files-test", "/KEY:pw@edgesam-files-test"):
+            fs.rm(d, recursive=True)
+
+
+def test_coco_source_reads_annotations_and_images_from_urls(tmp_path):
+    """``source.coco``: the instances json at a URL (images next to it by default), or a local json
+    with a URL ``images_dir``; boxes and categories as from disk, images readable by the workers."""
+    fsspec = pytest.importorskip("fsspec")
+    from edgesam_backend.pipeline.base import StepContext
+    from edgesam_backend.pipeline.steps.sources import CocoConfig, CocoSource
+    from edgesam_backend.pipeline.worker import read_item
+
+    doc = {
+        "images": [
+            {"id": 7, "file_name": "b.jpg", "width": 50, "height": 40},
+            {"id": 3, "file_name": "sub/a.jpg", "width": 20, "height": 10},
+        ],
+        "annotations": [{"id": 1, "image_id": 7, "bbox": [10, 20, 30, 15], "category_id": 5}],
+        "categories": [{"id": 5, "name": "dog"}],
+    }
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/edgesam-coco-test/ann/instances.json", json.dumps(doc).encode())
+    for rel in ("ann/b.jpg", "ann/sub/a.jpg", "imgs/b.jpg", "imgs/sub/a.jpg"):
+        fs.pipe_file(f"/edgesam-coco-test/{rel}", rel.encode())
+    local = tmp_path / "instances.json"
+    local.write_text(json.dumps(doc))
+    ctx = StepContext(tmp_path, tmp_path / "out")
+
+    def check(raw: dict, where: str) -> None:
+        src = CocoSource(CocoConfig.model_validate(raw, context={"base_dir": tmp_path}), ctx)
+        items = src.items()
+        assert [(it.id, it.file_name, it.width) for it in items] == [(7, "b.jpg", 50), (3, "sub/a.jpg", 20)]
+        assert [it.path for it in items] == [f"{where}/b.jpg", f"{where}/sub/a.jpg"]
+        assert items[0].annotations[0].box == [10, 20, 40, 35] and items[0].annotations[0].label == "dog"
+        assert src.categories() == ["dog"]
+        base = where.split("edgesam-coco-test/")[1]
+        assert [read_item(it)[0] for it in items] == [f"{base}/b.jpg".encode(), f"{base}/sub/a.jpg".encode()]
+
+    try:
+        check(
+            {"annotations": "memory://edgesam-coco-test/ann/instances.json"}, "memory://edgesam-coco-test/ann"
+        )
+        check(
+            {"annotations": "instances.json", "images_dir": "memory://edgesam-coco-test/imgs/"},
+            "memory://edgesam-coco-test/imgs",
+        )
+        check(
+            {
+                "annotations": "memory://edgesam-coco-test/ann/instances.json",
+                "images_dir": "memory://edgesam-coco-test/imgs",
+            },
+            "memory://edgesam-coco-test/imgs",
+        )
+        missing = CocoConfig(annotations="memory://edgesam-coco-test/nowhere.json")
+        with pytest.raises(PipelineError, match=r"cannot read memory://edgesam-coco-test/nowhere\.json"):
+            CocoSource(missing, ctx).items()
+        fs.pipe_file("/KEY:pw@edgesam-coco-test/empty.json", json.dumps({**doc, "images": []}).encode())
+        empty = CocoConfig(annotations="memory://KEY:pw@edgesam-coco-test/empty.json")
+        with pytest.raises(
+            PipelineError, match=r"memory://edgesam-coco-test/empty\.json lists no images"
+        ) as e:
+            CocoSource(empty, ctx).items()
+        assert "pw" not in str(e.value)
+    finally:
+        for d in ("/edgesam-coco-test", "/KEY:pw@edgesam-coco-test"):
+            fs.rm(d, recursive=True)
 
 
 def test_url_helpers():

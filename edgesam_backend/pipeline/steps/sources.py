@@ -191,7 +191,7 @@ class FilesSource(SourceStep):
                 path, name = str(p), _rel(p, Path(root))
             items.append(ImageItem(index=i, id=i + 1, file_name=name, path=path))
         if not items:
-            raise self.error(f"the list {cfg.list_file} names no images")
+            raise self.error(f"the list {storage.display(cfg.list_file or '')} names no images")
         return items
 
 
@@ -287,7 +287,7 @@ class CocoSource(SourceStep):
             for i, im in enumerate(data.images)
         ]
         if not items:
-            raise self.error(f"{cfg.annotations} lists no images")
+            raise self.error(f"{storage.display(cfg.annotations)} lists no images")
         return items
 
 
