@@ -374,18 +374,24 @@ def test_export_of_distilled_checkpoint(phase1, tmp_path, capsys):
     assert res["encoder_max_abs_diff"] < 1e-3 and (tmp_path / "onnx" / "decoder.onnx").is_file()
 
 
+def _torchrun_two_cpu_processes(*cli_args: str) -> None:
+    """``torchrun --nproc_per_node 2 -m edgesam_backend.cli ARGS`` on the CPU (Gloo), one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(free_port())  # for the rendezvous
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    res = subprocess.run(
+        [*cmd, "-m", "edgesam_backend.cli", *cli_args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(data, tmp_path):
     raw = _p1(data, tmp_path / "ddp", cache={"dir": str(tmp_path / "cache"), "shard_size": 2}, device="cpu")
     raw["threads"] = 1
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    port = str(free_port())  # for the rendezvous
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
-    cmd += ["-m", "edgesam_backend.cli", "distill", "phase1", str(path), "--max-steps", "3"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _torchrun_two_cpu_processes("distill", "phase1", str(path), "--max-steps", "3")
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["iters_per_epoch"] == 2 and metrics["steps"] == 3
     assert metrics["lr_peak"] == pytest.approx(0.1 * 4 / 16)  # total batch 2 x 2
@@ -395,6 +401,30 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     ]
     assert len(EmbeddingCache(tmp_path / "cache")) == 8
     check_state_dict(torch.load(tmp_path / "ddp" / FINAL_NAME, weights_only=True))
+
+
+@pytest.mark.slow
+def test_train_rpn_ddp_two_processes_gloo(data, tmp_path):
+    """train-rpn through the same loop under torchrun: 2 ranks x 2 images a step, rank 0 saves."""
+    raw = {
+        "train_images": str(data / "images"),
+        "train_annotations": str(data / "annotations.json"),
+        "output_dir": str(tmp_path / "rpn"),
+        "input_size": SIZE,
+        "batch_size": 2,
+        "warmup_steps": 1,
+        "log_every": 0,
+        "threads": 1,
+        "device": "cpu",
+    }
+    path = tmp_path / "rpn.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    _torchrun_two_cpu_processes("train-rpn", str(path), "--max-steps", "3")
+    metrics = json.loads((tmp_path / "rpn" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 3
+    logged = [json.loads(line) for line in (tmp_path / "rpn" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3]  # rank 0 only
+    assert load_edge_sam(tmp_path / "rpn" / "edge_sam_rpn.pth").rpn_head is not None
 
 
 def test_encoder_init_from_bare_repvit_or_edgesam_weights(tmp_path):

@@ -316,3 +316,57 @@ def test_train_rpn_config_env_expansion_shares_the_pipeline_rules(tmp_path, monk
     monkeypatch.delenv("DATA")
     with pytest.raises(ConfigError, match=rf"{cfg}:1:15: environment variable DATA is not set"):
         load_yaml_model(cfg, RpnTrainConfig)
+
+
+def test_train_rpn_bf16_on_the_cpu(tmp_path, monkeypatch):
+    """A few bf16 steps on the CPU through the shared loop: the forward runs under bf16 autocast, the
+    losses are finite and the final checkpoint loads."""
+    import edgesam_backend.training.rpn as rpn
+
+    seen: list[tuple[str, str]] = []
+    real = rpn.autocast
+
+    def spy(device: torch.device, precision: str):
+        seen.append((device.type, precision))
+        return real(device, precision)
+
+    monkeypatch.setattr(rpn, "autocast", spy)
+    write_coco_dataset(tmp_path / "train", 4, size=128, seed=1)
+    cfg = RpnTrainConfig(
+        train_images=tmp_path / "train" / "images",
+        train_annotations=tmp_path / "train" / "annotations.json",
+        output_dir=tmp_path / "run",
+        input_size=128,
+        max_steps=3,
+        batch_size=2,
+        warmup_steps=1,
+        log_every=0,
+        threads=1,
+        precision="bf16",
+        device="cpu",
+    )
+    metrics = train_rpn(cfg, log=lambda _m: None)
+    assert metrics["steps"] == 3 and metrics["world_size"] == 1
+    assert seen == [("cpu", "bf16")] * 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(np.isfinite(r["loss"]) for r in records)
+    assert load_edge_sam(tmp_path / "run" / "edge_sam_rpn.pth").rpn_head is not None
+
+
+def test_train_rpn_device_option_is_checked(tmp_path, capsys):
+    from edgesam_backend.cli import main
+
+    base = {"train_images": "x", "train_annotations": "y.json", "output_dir": str(tmp_path / "out")}
+    assert RpnTrainConfig(**base, device=" CUDA:1 ").device == "cuda:1"
+    assert RpnTrainConfig(**base, device="auto").device == "auto" and RpnTrainConfig(**base).device is None
+    for bad in ("gpu", "cuda:x", "tensorrt"):
+        with pytest.raises(ValueError, match="training runs on cpu, cuda, cuda:N or auto"):
+            RpnTrainConfig(**base, device=bad)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train_images: x\ntrain_annotations: y.json\noutput_dir: out\ndevice: gpu\n")
+    assert main(["train-rpn", str(cfg)]) == 2
+    assert f"{cfg}:4:9: device" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a CUDA device this torch cannot see: refused before any work
+        with pytest.raises(ValueError, match=r"device 'cuda' .*sees 0 CUDA GPU"):
+            train_rpn(RpnTrainConfig(**base, device="cuda"))
+        assert not (tmp_path / "out").exists()

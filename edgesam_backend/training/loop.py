@@ -3,7 +3,8 @@
 What lives here (and nowhere else in ``training/``):
 
 * the process set-up: :func:`setup_distributed` (torchrun's ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK``;
-  NCCL on CUDA, Gloo on CPU), :func:`num_threads`, :func:`wrap_ddp`;
+  NCCL on CUDA, Gloo on CPU; the ``device`` option checked by :func:`check_device`), :func:`num_threads`,
+  :func:`wrap_ddp`;
 * mixed precision: :func:`autocast` (``fp32`` / ``bf16`` / ``fp16``; a grad scaler for fp16 on CUDA);
 * the run's start and end: :func:`start_run` (join the job, seed, create ``output_dir``) and
   :func:`finish_run` (rank 0 saves the final weights atomically and writes ``metrics.json``; all
@@ -24,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -66,19 +68,37 @@ class DistEnv:
             dist.barrier()
 
 
+def check_device(device: str | None) -> str | None:
+    """A trainer's ``device`` option, lower-cased: None / ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (what the configs' validators and :func:`setup_distributed` accept); else a ValueError naming them."""
+    if device is None:
+        return None
+    name = device.strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device {device!r}: training runs on cpu, cuda, cuda:N or auto")
+    return name
+
+
 def setup_distributed(device: str | None = None) -> DistEnv:
     """Read torchrun's environment; with more than one process, join the process group (NCCL on
     CUDA, Gloo on CPU). ``device=None`` / ``"auto"`` picks ``cuda:LOCAL_RANK`` when CUDA exists, else
-    the CPU."""
+    the CPU; ``cuda`` takes ``cuda:LOCAL_RANK``. A CUDA device this torch cannot see is a ValueError."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = check_device(device)
     if device is None or device == "auto":
         dev = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     else:
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{local}")
+        count = torch.cuda.device_count() if dev.type == "cuda" and torch.cuda.is_available() else 0
+        if dev.type == "cuda" and (dev.index or 0) >= count:
+            raise ValueError(
+                f"device {device!r} (process {local}: {dev}): this torch sees {count} CUDA GPU(s)"
+                + ("" if count else " (a CPU-only build or no driver); use device: cpu")
+            )
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

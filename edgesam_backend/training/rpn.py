@@ -4,7 +4,10 @@
 switched off without changing the model), sigmoid focal loss on objectness + GIoU box regression
 with FCOS-style centre sampling and per-level size ranges, AdamW with linear warm-up and cosine
 decay, periodic checkpoints (``last.pth``, full EdgeSAM state_dict with ``rpn_head.*`` keys plus
-optimiser state) and resume, and proposal recall at IoU 0.5 / 0.75 for K = 10 / 100.
+optimiser state) and resume, and proposal recall at IoU 0.5 / 0.75 for K = 10 / 100. ``device``,
+``precision`` (autocast of the encoder + head; the loss in fp32) and DDP under ``torchrun`` (each
+rank a ``rank::world`` slice of every step's ``batch_size * world`` images; rank 0 validates and
+saves) are those of :mod:`.loop`, as for ``finetune`` and ``distill``.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator
+from torch import nn
 
 from ..formats.coco import read_coco
 from ..model.checkpoint import load_edge_sam, with_metadata
@@ -26,7 +30,16 @@ from ..runtime.boxes import box_iou, nms
 from ..runtime.image import load_image
 from ..runtime.proposals import decode_proposals, location_points
 from ..yamlconfig import StrictModel
-from .loop import DistEnv, LoopSettings, finish_run, num_threads, run_loop
+from .loop import (
+    LoopSettings,
+    autocast,
+    check_device,
+    finish_run,
+    num_threads,
+    run_loop,
+    start_run,
+    wrap_ddp,
+)
 from .losses import giou_loss, sigmoid_focal
 from .schedule import adamw, warmup_cosine
 
@@ -61,9 +74,18 @@ class RpnTrainConfig(StrictModel):
     eval_every: int = 0
     eval_max_images: int = 200
     log_every: int = 20
-    seed: int = 0
+    seed: int = Field(0, description="seed; each rank uses seed + rank")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of encoder + head (fp16 scaled on CUDA; the loss is fp32)"
+    )
+    device: str | None = Field(None, description="cpu / cuda / cuda:N (default: cuda:LOCAL_RANK if any)")
     threads: int | None = None
     resume: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return check_device(v)
 
     @field_validator("input_size")
     @classmethod
@@ -135,23 +157,39 @@ def assign_targets(
 def rpn_loss(
     model: EdgeSam, x: torch.Tensor, gts: list[torch.Tensor], cfg: RpnTrainConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Focal + GIoU loss for a batch ``x (B, 3, S, S)`` with per-image GT boxes (model frame)."""
+    """Focal + GIoU loss for a batch ``x (B, 3, S, S)`` (on the model's device) with per-image GT
+    boxes (model frame, on the CPU, where the targets are assigned); the forward under ``cfg.precision``
+    autocast, the loss in fp32."""
     assert model.rpn_head is not None
-    with torch.set_grad_enabled(not cfg.freeze_encoder):
-        _, stages = model.image_encoder.forward_with_stages(x)
-    if cfg.freeze_encoder:
-        stages = [s.detach() for s in stages]
-    logits, ltrb = model.rpn_head.flatten(*model.rpn_head(stages))
+    with autocast(x.device, cfg.precision):
+        with torch.set_grad_enabled(not cfg.freeze_encoder):
+            _, stages = model.image_encoder.forward_with_stages(x)
+        if cfg.freeze_encoder:
+            stages = [s.detach() for s in stages]
+        logits, ltrb = model.rpn_head.flatten(*model.rpn_head(stages))
+    logits, ltrb = logits.float(), ltrb.float()
     pts_np, strides_np = location_points(cfg.input_size)
     pts, strides = torch.from_numpy(pts_np), torch.from_numpy(strides_np)
     labels, targets = zip(*(assign_targets(pts, strides, g, cfg.center_radius) for g in gts), strict=True)
-    lab = torch.stack(labels)
-    tgt = torch.stack(targets)
+    lab = torch.stack(labels).to(x.device)
+    tgt = torch.stack(targets).to(x.device)
     num_pos = max(1.0, float(lab.sum()))
     cls = sigmoid_focal(logits, lab, cfg.focal_alpha, cfg.focal_gamma).sum() / num_pos
     box = giou_loss(ltrb[lab], tgt[lab]) if lab.any() else ltrb.sum() * 0.0
     loss = cls + cfg.box_loss_weight * box
     return loss, {"loss": loss.item(), "cls": cls.item(), "box": box.item(), "pos": num_pos}
+
+
+class RpnStep(nn.Module):
+    """:func:`rpn_loss` of one batch as one ``forward`` (what DDP wraps)."""
+
+    def __init__(self, model: EdgeSam, cfg: RpnTrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor, gts: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return rpn_loss(self.model, x, gts, self.cfg)
 
 
 @torch.inference_mode()
@@ -166,15 +204,21 @@ def evaluate_recall(
     """Proposal recall: fraction of GT boxes matched (IoU ≥ t) by one of the top-K proposals after NMS."""
     assert model.rpn_head is not None
     model.eval()
+    dev = model.device
     hits = {(k, t): 0 for k in ks for t in ious}
     total = 0
     n = len(data) if max_images is None else min(len(data), max_images)
     for i in range(n):
         x, _, input_hw, original_hw = data.load(i)
-        _, stages = model.image_encoder.forward_with_stages(torch.from_numpy(x)[None])
+        _, stages = model.image_encoder.forward_with_stages(torch.from_numpy(x)[None].to(dev))
         logits, ltrb = model.rpn_head.flatten(*model.rpn_head(stages))
         props = decode_proposals(
-            logits.numpy(), ltrb.numpy(), input_hw, original_hw, score_thresh=0.0, input_size=data.input_size
+            logits.float().cpu().numpy(),
+            ltrb.float().cpu().numpy(),
+            input_hw,
+            original_hw,
+            score_thresh=0.0,
+            input_size=data.input_size,
         )
         gt = data.boxes[data.images[i].id]
         total += len(gt)
@@ -193,14 +237,22 @@ def lr_at(step: int, cfg: RpnTrainConfig) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
 
-def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[int, list[int]]]:
-    """Deterministic shuffled batches (a new permutation per epoch), resumable at any step."""
-    per_epoch = max(1, n // batch)
+def _batches(
+    n: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1
+) -> Iterator[tuple[int, list[int]]]:
+    """Deterministic shuffled batches (a new permutation per epoch), resumable at any step. Each step
+    takes ``batch * world`` images, of which rank ``r`` gets ``r::world`` (a dataset smaller than
+    that is repeated, so that every rank gets ``batch``)."""
+    per_step = batch * world
+    per_epoch = max(1, n // per_step)
     step = start_step
     while True:
         epoch, offset = divmod(step, per_epoch)
         perm = np.random.default_rng(seed + epoch).permutation(n)
-        yield step, [int(j) for j in perm[offset * batch : offset * batch + batch]]
+        if world > 1 and n < per_step:
+            perm = np.resize(perm, per_step)
+        chunk = perm[offset * per_step : (offset + 1) * per_step]
+        yield step, [int(j) for j in chunk[rank::world]]
         step += 1
 
 
@@ -211,12 +263,10 @@ def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
 
 
 def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    env, out, say = start_run(cfg.device, cfg.seed, cfg.output_dir, log)
     model = load_edge_sam(cfg.checkpoint, with_rpn=True) if cfg.checkpoint else None
     if model is None:
-        model = build_edge_sam(with_rpn=True)
+        model = build_edge_sam(with_rpn=True)  # seeded; DDP hands rank 0's weights to every rank
     assert model.rpn_head is not None
     train = CocoBoxes(cfg.train_images, cfg.train_annotations, cfg.input_size)
     val = CocoBoxes(cfg.val_images, cfg.val_annotations, cfg.input_size) if cfg.val_images else None
@@ -233,10 +283,12 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
         for p in enc:
             p.requires_grad_(True)
         groups.append({"params": enc, "lr_scale": (cfg.encoder_lr or cfg.lr) / cfg.lr})
+    model.to(env.device)
     opt = adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    runner = wrap_ddp(RpnStep(model, cfg), env, find_unused=True)  # the encoder's neck has no grad here
 
     def batches(start: int) -> Iterator[list[int]]:
-        for _, idx in _batches(len(train), cfg.batch_size, cfg.seed, start):
+        for _, idx in _batches(len(train), cfg.batch_size, cfg.seed, start, env.rank, env.world):
             yield idx
 
     def step_fn(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -244,14 +296,19 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
         model.rpn_head.train()
         model.image_encoder.train(not cfg.freeze_encoder)
         items = [train.load(i) for i in idx]
-        x = torch.from_numpy(np.stack([it[0] for it in items]))
+        x = torch.from_numpy(np.stack([it[0] for it in items])).to(env.device)
         gts = [torch.from_numpy(it[1]) for it in items]
-        loss, stats = rpn_loss(model, x, gts, cfg)
+        loss, stats = runner(x, gts)
         return loss, {k: round(v, 6) for k, v in stats.items() if k != "loss"}
+
+    def run_val(_step: int) -> dict[str, Any]:
+        assert val is not None
+        return evaluate_recall(model, val, cfg.eval_max_images) if env.is_main else {}
 
     settings = LoopSettings(
         output_dir=out,
         max_steps=cfg.max_steps,
+        precision=cfg.precision,
         clip_grad=cfg.grad_clip,
         checkpoint_every=cfg.checkpoint_every,
         log_every=cfg.log_every,
@@ -262,20 +319,20 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
     )
     res = run_loop(
         settings=settings,
-        env=DistEnv(),
+        env=env,
         model=model,
         optimizer=opt,
         schedule=lambda step: lr_at(step, cfg),
         batches=batches,
         step_fn=step_fn,
-        validate=(lambda _s: evaluate_recall(model, val, cfg.eval_max_images)) if val is not None else None,
-        log=log,
+        validate=run_val if val is not None else None,
+        log=say,
     )
-    metrics: dict[str, Any] = {"steps": res.step, "seconds": round(res.seconds, 1)}
+    metrics: dict[str, Any] = {"steps": res.step, "world_size": env.world, "seconds": round(res.seconds, 1)}
     metrics.update(res.loss_summary(parts=10))
     if val is not None:
-        metrics["val"] = evaluate_recall(model, val, cfg.eval_max_images)
+        metrics["val"] = run_val(res.step)
     # with its input size, like a fine-tuned checkpoint: load_edge_sam/export/serve read it
     return finish_run(
-        DistEnv(), model, out / "edge_sam_rpn.pth", metrics, lambda sd: with_metadata(sd, cfg.input_size)
+        env, model, out / "edge_sam_rpn.pth", metrics, lambda sd: with_metadata(sd, cfg.input_size)
     )
