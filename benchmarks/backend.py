@@ -17,7 +17,7 @@ Studio's ``/data/upload/`` (a loopback HTTP server in this process with token au
 Opt-in modes (``benchmarks/backend_modes.py``; any of them replaces the default run, they combine, each
 has its own baseline in the same run and prints under its own key):
 
-* ``--int8`` (key ``int8``): an fp32 and an int8 (``EDGESAM_INT8=true``) server side by side, clicks
+* ``--int8`` (key ``int8``): an fp32 and an int8 (``EDGESAM_PRECISION=int8``) server side by side, clicks
   interleaved: ``new_image_1024px`` and ``cached_click`` p50/p95 for each, ``int8_over_fp32`` ratios, and
   ``bare_decoder`` (``OnnxPredictor.predict_selected`` on a cached embedding, in this process, interleaved)
   with ``cached_click_over_bare_decoder_p50``. ``encoder.int8.onnx`` is written next to ``encoder.onnx``
@@ -39,7 +39,9 @@ Usage: python benchmarks/backend.py [--onnx-dir DIR] [--clicks 100] [--clients 8
        python benchmarks/backend.py --soak --clients 4 --clicks-per-client 300 --soak-images 20 --cache-mb 64
        python benchmarks/backend.py --int8 --store-restart --task-open [--clicks 100] [--new-images 6]
 Without ``--onnx-dir`` the random-weight reference checkpoint in ../shared is exported (once, cached);
-its speed equals the real model's (same architecture).
+its speed equals the real model's (same architecture). ``--device`` / ``--precision`` reach every server
+as ``EDGESAM_DEVICE`` / ``EDGESAM_PRECISION`` (fp16 pairs are converted next to the ONNX files when asked
+for; ``--int8`` keeps its fp32-vs-int8 pair) and the in-process predictors as the same options.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from pathlib import Path
 
 import backend_modes
 import httpx
-from _common import emit_result
+from _common import add_model_arguments, emit_result, ensure_precision_files, model_env
 from backend_common import (
     DEFAULT_CKPT,
     SIZES,
@@ -110,7 +112,12 @@ def soak(args: argparse.Namespace, onnx_dir: Path) -> dict:
         images = make_images(root, args.soak_images)
         srv, ls_url = image_server(root)
         proc, base = start_backend(
-            onnx_dir, ls_url, max(4, args.clients), args.threads, EDGESAM_CACHE_MB=str(args.cache_mb)
+            onnx_dir,
+            ls_url,
+            max(4, args.clients),
+            args.threads,
+            EDGESAM_CACHE_MB=str(args.cache_mb),
+            **model_env(args),
         )
         try:
             wait_healthy(proc, base)
@@ -170,6 +177,7 @@ def main() -> None:
     ap.add_argument("--store-images", type=int, default=6, help="store-restart: images")
     ap.add_argument("--task-open", action="store_true", help="task open through a real Label Studio")
     ap.add_argument("--task-open-tasks", type=int, default=3, help="task-open: tasks per project")
+    add_model_arguments(ap)
     args = ap.parse_args()
 
     onnx_dir = args.onnx_dir
@@ -177,6 +185,7 @@ def main() -> None:
         from edgesam_backend.runtime.resolve import resolve_model
 
         onnx_dir = resolve_model(DEFAULT_CKPT).encoder.parent
+    ensure_precision_files(onnx_dir, args.precision)
     modes = [m for m in ("int8", "store_restart", "task_open") if getattr(args, m)]
     if modes:
         result = {
@@ -198,7 +207,7 @@ def main() -> None:
         n_images = args.new_images + 5
         images = make_images(root, n_images)
         srv, ls_url = image_server(root)
-        proc, base = start_backend(onnx_dir, ls_url, max(8, args.clients), args.threads)
+        proc, base = start_backend(onnx_dir, ls_url, max(8, args.clients), args.threads, **model_env(args))
         result: dict = {
             "device": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import model_env
 from backend_common import (
     CALL_GAP_S,
     CONFIG,
@@ -81,7 +82,7 @@ def int8_mode(args: argparse.Namespace, onnx_dir: Path) -> dict:
         }
         srv, ls_url = image_server(root)
         procs = {
-            v: start_backend(onnx_dir, ls_url, 4, args.threads, EDGESAM_INT8=str(v == "int8").lower())
+            v: start_backend(onnx_dir, ls_url, 4, args.threads, **{**model_env(args), "EDGESAM_PRECISION": v})
             for v in variants
         }
         try:
@@ -98,7 +99,9 @@ def int8_mode(args: argparse.Namespace, onnx_dir: Path) -> dict:
             for v in variants:  # encode image 0 and warm up
                 for _ in range(3):
                     click(clients[v], body(0, name, [kp(rng.uniform(5, 95), rng.uniform(5, 95), w, h)]))
-            predictor = load_predictor(onnx_dir=onnx_dir, threads=args.threads)
+            predictor = load_predictor(
+                onnx_dir=onnx_dir, threads=args.threads, device=args.device, precision="fp32"
+            )
             emb = predictor.encode(load_image(root / name))
             bare: list[float] = []
             for _ in range(3):
@@ -163,7 +166,12 @@ def store_restart_mode(args: argparse.Namespace, onnx_dir: Path) -> dict:
         try:
             for phase in ("before_restart", "after_restart"):
                 proc, base = start_backend(
-                    onnx_dir, ls_url, 4, args.threads, EDGESAM_EMBEDDING_STORE=str(root / "store")
+                    onnx_dir,
+                    ls_url,
+                    4,
+                    args.threads,
+                    EDGESAM_EMBEDDING_STORE=str(root / "store"),
+                    **model_env(args),
                 )
                 try:
                     wait_healthy(proc, base)
@@ -244,7 +252,9 @@ def task_open_mode(args: argparse.Namespace, onnx_dir: Path) -> dict:
         t0 = time.perf_counter()
         with ls_server.label_studio(root) as ls, ls.client() as api:
             out["label_studio_start_s"] = round(time.perf_counter() - t0, 1)
-            proc, base = start_backend(onnx_dir, ls.url, 4, args.threads, LABEL_STUDIO_API_KEY=ls.token)
+            proc, base = start_backend(
+                onnx_dir, ls.url, 4, args.threads, LABEL_STUDIO_API_KEY=ls.token, **model_env(args)
+            )
             try:
                 wait_healthy(proc, base)
                 for mode in ("from-prompts", "automatic"):

@@ -12,7 +12,11 @@ run interleaved ``--repeats`` times and the median per-prompt cost is reported, 
   ``FlopCounterMode`` on the PyTorch wrappers; the per-call image-side work is shared over B) over the
   SGEMM rate onnxruntime's MatMul reaches in the same run (2048³, same threads).
 
+``--device`` picks the execution providers (the model resolver's device option); ``--precision fp16``
+times float16 copies of both graphs (``edgesam export --fp16``'s converter) instead of fp32.
+
 Usage: python benchmarks/decoder.py [--checkpoint PTH] [--threads 2] [--repeats 3] [--batches 1 16 64]
+    [--device cpu] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_model_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CKPT = ROOT.parent / "shared" / "reference" / "edgesam" / "weights_perturbed.pth"
@@ -49,12 +54,17 @@ def feed(b: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def session(path: Path, threads: int):
+def session(path: Path, threads: int, device: str = "cpu"):
+    """A decoder session with the runtime's options on ``device``'s providers."""
     import onnxruntime as ort
 
     from edgesam_backend.runtime.predictor import session_options
+    from edgesam_backend.runtime.providers import resolve_providers
 
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    names, options = resolve_providers(device).ort_arguments()
+    return ort.InferenceSession(
+        str(path), session_options(threads), providers=names, provider_options=options
+    )
 
 
 def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -101,13 +111,13 @@ def flops(model, fast: bool) -> tuple[float, float]:
     return per_prompt, counts[0] - per_prompt
 
 
-def child_rss(path: Path, b: int, threads: int) -> None:
+def child_rss(path: Path, b: int, threads: int, device: str = "cpu") -> None:
     """Child-process mode: one warm-up and one call at batch b, print peak RSS in MB.
 
     Read from ``VmHWM`` (this process's own memory map): ``ru_maxrss`` would carry the forking
     parent's high-water mark across ``fork``/``exec``.
     """
-    s = session(path, threads)
+    s = session(path, threads, device)
     f = feed(b)
     s.run(None, f)
     s.run(None, f)
@@ -123,9 +133,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--rss-child", nargs=2, metavar=("ONNX", "B"), help=argparse.SUPPRESS)
+    add_model_arguments(ap, precisions=("fp32", "fp16"))
     args = ap.parse_args()
     if args.rss_child:
-        child_rss(Path(args.rss_child[0]), int(args.rss_child[1]), args.threads)
+        child_rss(Path(args.rss_child[0]), int(args.rss_child[1]), args.threads, args.device)
         return
     t_start = time.perf_counter()
 
@@ -139,7 +150,11 @@ def main() -> None:
     paths = {v: tmp / f"decoder_{v}.onnx" for v in VARIANTS}
     for v, p in paths.items():
         export_decoder(model, p, fast=(v == "fast"))
-    sessions = {v: session(p, args.threads) for v, p in paths.items()}
+        if args.precision == "fp16":
+            from edgesam_backend.export.fp16 import convert_fp16
+
+            convert_fp16(p, p)
+    sessions = {v: session(p, args.threads, args.device) for v, p in paths.items()}
     gflops = sgemm_gflops(args.threads)
     fl = {v: flops(model, v == "fast") for v in VARIANTS}
 
@@ -177,6 +192,8 @@ def main() -> None:
                         __file__,
                         "--threads",
                         str(args.threads),
+                        "--device",
+                        args.device,
                         "--rss-child",
                         str(p),
                         str(max(args.batches)),
@@ -196,6 +213,9 @@ def main() -> None:
         "weights": args.checkpoint.name,
         "prompt": "1 positive point + padding point (T = 7 tokens), no mask input",
         "threads": args.threads,
+        "device": args.device,
+        "providers": sessions["fast"].get_providers(),
+        "precision": args.precision,
         "repeats": args.repeats,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "sgemm_gflops": round(gflops, 1),

@@ -5,7 +5,12 @@ Encoder: PyTorch eager (the model as trained: bicubic, BN unfused) vs onnxruntim
 Decoder: 1 point / box / 5 points with a cached embedding (onnxruntime decoder call, and the full
 ``predict`` incl. upscaling one mask to the original size), plus PyTorch for reference. Peak RSS.
 
-Usage: python benchmarks/engine.py [--checkpoint PATH] [--runs 15] [--threads 2]
+``--device`` / ``--precision`` go to the model resolver for the onnxruntime side (fp16 files are
+converted next to the export when asked for; the ``ort_fp32_*`` keys then time that precision, named in
+``ort_precision``); PyTorch stays on the CPU.
+
+Usage: python benchmarks/engine.py [--checkpoint PATH] [--runs 15] [--threads 2] [--device cpu]
+    [--precision auto]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_model_arguments, ensure_precision_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -47,6 +53,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    add_model_arguments(ap, precisions=("auto", "fp32", "fp16"))  # no int8 encoder in a fresh export
     args = ap.parse_args()
 
     import torch
@@ -61,7 +68,10 @@ def main() -> None:
     model = load_edge_sam(args.checkpoint)
     tmp = Path(tempfile.mkdtemp(prefix="edgesam-bench-"))
     export_onnx(args.checkpoint, tmp)
-    ort_pred = load_predictor(onnx_dir=tmp, threads=args.threads)
+    ensure_precision_files(tmp, args.precision)
+    ort_pred = load_predictor(
+        onnx_dir=tmp, threads=args.threads, device=args.device, precision=args.precision
+    )
     torch_pred = TorchPredictor(model)
 
     image = load_image(SHARED / "images" / "truck.jpg")
@@ -98,8 +108,9 @@ def main() -> None:
 
         from edgesam_backend.runtime.predictor import session_options
 
+        names, options = ort_pred.execution.ort_arguments()
         s = ort.InferenceSession(
-            str(official), session_options(args.threads), providers=["CPUExecutionProvider"]
+            str(official), session_options(args.threads), providers=names, provider_options=options
         )
         enc["ort_official_export_bilinear_ms"] = median_ms(lambda: s.run(None, {"image": x}), args.runs)[
             "median_ms"
@@ -138,6 +149,9 @@ def main() -> None:
         "image": "truck.jpg 1800x1200",
         "threads": args.threads,
         "runs": args.runs,
+        "device": ort_pred.execution.chosen,
+        "providers": ort_pred.providers,
+        "ort_precision": ort_pred.precision,
         "encoder": enc,
         "decoder_cached_embedding": dec,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

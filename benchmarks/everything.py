@@ -20,8 +20,12 @@ weights (``--checkpoint``); with the random reference weights the numbers measur
 the ground-truth region under it — where the prompts go, grid vs coverage at each budget.
 ``decoder_per_prompt`` is benchmarks/decoder.py (plain vs fast decoder at B = 1/16/64, its floor).
 
+``--device`` / ``--precision`` go to the model resolver of each run (fp16 pairs are converted next to
+the exports when asked for).
+
 Usage: python benchmarks/everything.py [--checkpoint PTH] [--images 2 | --coco DIR] [--threads 2]
        [--points-per-side 32] [--onnx-dir DIR] [--max-prompts 320] [--curve 64 128 256] [--decoder-repeats 3]
+       [--device cpu] [--precision auto]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import add_model_arguments, ensure_precision_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -74,13 +79,16 @@ def child(cfg: dict[str, Any]) -> None:
     from edgesam_backend.runtime.amg import AutomaticMaskGenerator
     from edgesam_backend.runtime.image import load_image
     from edgesam_backend.runtime.predictor import OnnxPredictor
+    from edgesam_backend.runtime.resolve import resolve_model
 
     cv2.setNumThreads(cfg["threads"])
-    d = Path(cfg["onnx_dir"])
+    model = resolve_model(onnx_dir=cfg["onnx_dir"], device=cfg["device"], precision=cfg["precision"])
     pred = OnnxPredictor(
-        d / "encoder.onnx",
-        d / "decoder.onnx",
+        model.encoder,
+        model.decoder,
         intra_op_num_threads=cfg["threads"],
+        device=model.execution,
+        capabilities=model.capabilities,
         max_decode_batch=cfg["max_decode_batch"],
     )
     kw = dict(cfg["generator"], output_mode="coco_rle")
@@ -118,7 +126,8 @@ def child(cfg: dict[str, Any]) -> None:
         )
         print(f"{cfg['name']} {Path(path).name}: {rows[-1].get('total_s')} s", file=sys.stderr)
     Path(cfg["out"]).write_text(json.dumps({"rows": rows, "masks": masks}))
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    info = {"peak_rss_mb": peak_rss_mb(), "precision": pred.precision, "providers": pred.providers}
+    print(json.dumps(info))
 
 
 def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -284,6 +293,7 @@ def main() -> None:
     ap.add_argument("--curve", type=int, nargs="*", default=[64, 128, 256], help="budgets of the curve")
     ap.add_argument("--oracle", type=int, default=6, help="synthetic images of the oracle section; 0 skips")
     ap.add_argument("--decoder-repeats", type=int, default=3, help="benchmarks/decoder.py repeats; 0 skips")
+    add_model_arguments(ap)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
@@ -297,6 +307,8 @@ def main() -> None:
 
         export_onnx(args.checkpoint, tmp / "plain", fast_decoder=False)
         export_onnx(args.checkpoint, tmp / "fast")
+    for variant in ("plain", "fast"):
+        ensure_precision_files(onnx / variant, args.precision)
     if args.coco:
         paths, gt = load_coco(args.coco, args.images)
     else:
@@ -304,7 +316,7 @@ def main() -> None:
     images = [str(p) for p in paths]
     grid_kw = {"points_per_side": args.points_per_side, "points_per_batch": 64}
     new_kw = {**grid_kw, "strategy": "coverage", "max_prompts": args.max_prompts}
-    base = {"threads": args.threads, "images": images}
+    base = {"threads": args.threads, "images": images, "device": args.device, "precision": args.precision}
     runs = {
         "old_grid": {**base, "onnx_dir": str(onnx / "plain"), "max_decode_batch": None, "generator": grid_kw},
         "new_default": {
@@ -334,6 +346,8 @@ def main() -> None:
         "weights": args.checkpoint.name,
         "images": [Path(p).name for p in images],
         "threads": args.threads,
+        "device": args.device,
+        "precision": args.precision,
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
     }
     for name in runs:
@@ -342,6 +356,8 @@ def main() -> None:
             "decoder": Path(runs[name]["onnx_dir"]).name,
             **summarise(res[name]["rows"]),
             "peak_rss_mb": res[name]["peak_rss_mb"],
+            "precision": res[name]["precision"],
+            "providers": res[name]["providers"],
             "per_image": res[name]["rows"],
         }
     o, n = out["old_grid"], out["new_default"]
@@ -396,6 +412,9 @@ def main() -> None:
             str(args.checkpoint),
         ]
         cmd += ["--threads", str(args.threads), "--repeats", str(args.decoder_repeats)]
+        cmd += ["--device", args.device]
+        if args.precision in ("fp32", "fp16"):
+            cmd += ["--precision", args.precision]
         out["decoder_per_prompt"] = json.loads(
             subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         )

@@ -13,7 +13,11 @@ exclusions, no graph rewrites, percentile calibration, int8 activations): how th
 chosen. The CPU may be shared: the JSON carries the load average around the timing, and a
 single-thread timing (less sensitive to a busy second core) next to the 2-thread one.
 
+``--device`` picks the execution providers of every session (the model resolver's device option;
+the precisions compared are fixed: fp32 and int8).
+
     python benchmarks/int8.py [--images DIR] [--checkpoint PTH] [--runs 10] [--threads 2] [--variants]
+        [--device cpu]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from _common import add_device_argument
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -73,13 +78,15 @@ def _stats(times_ms: list[float]) -> dict[str, float]:
 
 
 def time_encoders(
-    paths: dict[str, Path], x: np.ndarray, threads: int, runs: int, warmup: int
+    paths: dict[str, Path], x: np.ndarray, threads: int, runs: int, warmup: int, device: str = "cpu"
 ) -> dict[str, dict[str, float]]:
     """Interleaved timing (fp32, int8, fp32, ...) so background load hits both alike."""
     from edgesam_backend.runtime.predictor import session_options
+    from edgesam_backend.runtime.providers import resolve_providers
 
+    names, options = resolve_providers(device).ort_arguments()
     sessions = {
-        k: ort.InferenceSession(str(p), session_options(threads), providers=["CPUExecutionProvider"])
+        k: ort.InferenceSession(str(p), session_options(threads), providers=names, provider_options=options)
         for k, p in paths.items()
     }
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
@@ -101,14 +108,15 @@ def score(
     images: list[Path],
     calibration: list[Path],
     threads: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     from edgesam_backend.export.agreement import agreement
     from edgesam_backend.runtime.model_files import DECODER_FILE, ENCODER_FILE
     from edgesam_backend.runtime.predictor import OnnxPredictor
 
     dec = fp32_dir / DECODER_FILE
-    p32 = OnnxPredictor(fp32_dir / ENCODER_FILE, dec, threads)
-    p8 = OnnxPredictor(int8_path, dec, threads)
+    p32 = OnnxPredictor(fp32_dir / ENCODER_FILE, dec, threads, device=device)
+    p8 = OnnxPredictor(int8_path, dec, threads, device=device)
     res = agreement(p32, p8, images)
     calib_names = {p.name for p in calibration}
     held_out = [v for k, v in res["per_image"].items() if k not in calib_names]
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, help="keep the ONNX files here (default: a temp dir)")
     ap.add_argument("--variants", action="store_true", help="also score alternative quantization settings")
+    add_device_argument(ap)
     args = ap.parse_args(argv)
 
     from edgesam_backend.export import agreement as agree_mod
@@ -152,13 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         x, _ = transforms.preprocess(load_image(images[-1]))
         latency = time_encoders(
-            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path}, x, args.threads, args.runs, args.warmup
+            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path},
+            x,
+            args.threads,
+            args.runs,
+            args.warmup,
+            args.device,
         )
         load_after = os.getloadavg()
         latency_1t = time_encoders(
-            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path}, x, 1, args.runs, args.warmup
+            {"fp32": fp32_dir / ENCODER_FILE, "int8": int8_path}, x, 1, args.runs, args.warmup, args.device
         )
-        agree = score(fp32_dir, int8_path, images, calibration, args.threads)
+        agree = score(fp32_dir, int8_path, images, calibration, args.threads, args.device)
 
         variants: dict[str, Any] = {}
         if args.variants:
@@ -171,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.threads,
                     args.runs,
                     args.warmup,
+                    args.device,
                 )
-                a = score(fp32_dir, vpath, images, calibration, args.threads)
+                a = score(fp32_dir, vpath, images, calibration, args.threads, args.device)
                 variants[name] = {
                     "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()},
                     "latency_ms_median": {k: v["median"] for k, v in lat.items()},
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime": ort.__version__,
         "python": sys.version.split()[0],
         "threads": args.threads,
+        "device": args.device,
         "settings": {
             "format": "QDQ",
             "per_channel": True,

@@ -2,7 +2,7 @@
 the number of Ray workers), local disk vs ``s3://``, peak RSS.
 
     python benchmarks/pipeline.py [--onnx-dir DIR] [--images ../shared/images] [--out result.json]
-        [--executors local:1,ray:1,ray:2] [--storage local,s3]
+        [--executors local:1,ray:1,ray:2] [--storage local,s3] [--device cpu] [--precision auto]
 
 ``--storage s3`` repeats every grid run with the images read from and the store/exports written to an
 S3-compatible server (moto's, started on a loopback port by the benchmark; needs ``moto[server]`` and
@@ -28,6 +28,10 @@ per image (a regular layout) through ``prompt.source_boxes``. Without ``--onnx-d
 weights in ../shared are exported to a temporary directory (needs torch). With those random weights the
 stability filter drops almost every grid mask at low resolution, so grid timings are decoder-bound (real
 weights keep more masks and spend more time upscaling and encoding RLEs).
+
+``--device`` / ``--precision`` become the pipeline's ``model.device`` / ``model.precision`` (fp16 pairs
+are converted next to the ONNX files when asked for; on a GPU each Ray actor reserves ``1 / workers``
+of one, since Ray hides GPUs from actors that reserve none); each run reports what it resolved to.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import emit_result
+from _common import add_model_arguments, emit_result, ensure_precision_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -122,6 +126,13 @@ def write_coco(path: Path, images: list[Path], per_image: int) -> None:
     path.write_text(json.dumps(doc))
 
 
+def _has_gpu_provider() -> bool:
+    """The installed onnxruntime has the CUDA provider (``auto`` then runs on the GPU)."""
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def pipeline_yaml(
     mode: str,
     executor: str,
@@ -131,8 +142,10 @@ def pipeline_yaml(
     args: argparse.Namespace,
     out: str = "out",
 ) -> str:
+    on_gpu = args.device.split(":")[0] in ("cuda", "tensorrt", "auto")
     if executor == "ray":
-        ex = f"{{type: ray, num_workers: {workers}, num_cpus: {args.ray_cpus}}}"
+        gpus = f", gpus_per_worker: {1 / workers:.4g}" if on_gpu and _has_gpu_provider() else ""
+        ex = f"{{type: ray, num_workers: {workers}, num_cpus: {args.ray_cpus}{gpus}}}"
     else:
         ex = f"{{type: local, workers: {workers}}}"
     if mode == "grid":
@@ -142,7 +155,8 @@ def pipeline_yaml(
         source = f"  - kind: source.coco\n    annotations: {src}\n    images_dir: {args.images}\n"
         prompt = "  - kind: prompt.source_boxes\n"
     return (
-        f"model:\n  onnx_dir: {onnx}\nexecutor: {ex}\noutput_dir: {out}\nmax_errors: 0\nsteps:\n"
+        f"model:\n  onnx_dir: {onnx}\n  device: {args.device}\n  precision: {args.precision}\n"
+        f"executor: {ex}\noutput_dir: {out}\nmax_errors: 0\nsteps:\n"
         + source
         + prompt
         + f"  - kind: segment\n    points_per_batch: {args.points_per_batch}\n"
@@ -231,6 +245,9 @@ def run_one(
         "points_per_batch": args.points_per_batch,
         "masks": summary["masks"],
         "images_per_s": summary["images_per_s"],
+        "device": summary.get("device"),
+        "providers": summary.get("providers"),
+        "precision": summary.get("precision"),
         "wall_s": round(wall, 2),
         "wall_images_per_s": round(summary["images"] / wall, 4),
         "peak_rss_mb": round(sampler.peak_tree_kb / 1024, 1),
@@ -286,6 +303,7 @@ def main() -> None:
     ap.add_argument("--storage", default="local", help="local and/or s3 (grid mode), comma separated")
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="CPUs of the local Ray")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    add_model_arguments(ap)
     args = ap.parse_args()
     args.images = args.images.resolve()
 
@@ -297,6 +315,7 @@ def main() -> None:
 
             onnx = tmp / "onnx"
             export_onnx(SHARED / "reference" / "edgesam" / "weights_perturbed.pth", onnx)
+        ensure_precision_files(onnx, args.precision)
         runs = []
         storages = args.storage.split(",")
         s3 = S3Server() if "s3" in storages else None

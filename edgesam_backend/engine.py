@@ -60,6 +60,7 @@ def load_predictor(
     threads: int | None = None,
     int8: bool = False,
     device: str = "cpu",
+    precision: str = "auto",
 ) -> BasePredictor:
     """A predictor for ``checkpoint`` (model name or path) and/or ``onnx_dir``.
 
@@ -68,6 +69,8 @@ def load_predictor(
 
     ``int8=True`` (onnx only; off by default) uses the static-int8 encoder ``encoder.int8.onnx`` from
     the same directory (written by ``edgesam export --int8``); it is never created implicitly.
+    ``precision`` (onnx only): ``auto`` (default: ``encoder.fp16.onnx`` + ``decoder.fp16.onnx`` on
+    CUDA/TensorRT when they exist, else fp32), ``fp32``, ``fp16`` (``edgesam export --fp16``) or ``int8``.
     ``device``: onnx: ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto``;
     torch: ``cpu``, ``cuda[:N]``, ``auto`` (:func:`torch_device`).
     """
@@ -75,6 +78,8 @@ def load_predictor(
         raise EngineError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if int8 and backend != "onnx":
         raise EngineError("the int8 encoder is an ONNX model: use backend='onnx'")
+    if precision not in ("auto", "fp32") and backend != "onnx":
+        raise EngineError(f"precision {precision!r} selects ONNX files: use backend='onnx'")
     if backend == "torch":
         if checkpoint is None:
             raise EngineError("the torch backend needs --checkpoint")
@@ -87,4 +92,5 @@ def load_predictor(
         if threads:
             torch.set_num_threads(int(threads))
         return TorchPredictor(weights.checkpoint_path(checkpoint), device=torch_device(device))
-    return onnx_predictor(resolve_model(checkpoint, onnx_dir=onnx_dir, int8=int8, device=device), threads)
+    model = resolve_model(checkpoint, onnx_dir=onnx_dir, int8=int8, device=device, precision=precision)
+    return onnx_predictor(model, threads)

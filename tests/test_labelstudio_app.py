@@ -136,6 +136,7 @@ def test_health_setup_versions(client) -> None:
         "model_class": "EdgeSAM",
         "model_version": "edgesam-test",
         "providers": ["CPUExecutionProvider"],
+        "precision": "fp32",
     }
     r = client.post(
         "/setup",

@@ -57,3 +57,16 @@ def add_device_argument(p: argparse.ArgumentParser, env: str | None = None) -> N
         default=None,
         help=f"cpu, cuda[:N], tensorrt[:N], openvino, coreml or auto ({where}default cpu)",
     )
+
+
+def add_precision_argument(p: argparse.ArgumentParser, env: str | None = None) -> None:
+    """``--precision`` (which ONNX file set: ``runtime/resolve.py``); ``None`` when not given."""
+    where = f"env {env}, " if env else ""
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "int8"),
+        default=None,
+        help="ONNX files: fp32, fp16 (encoder/decoder.fp16.onnx from `edgesam export --fp16`), int8 "
+        f"(encoder.int8.onnx) or auto: fp16 on cuda/tensorrt when those files exist, else fp32 ({where}"
+        "default auto)",
+    )

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import weights
 from ..runtime.model_files import INT8_ENCODER_FILE
-from .common import CliError, add_device_argument, parse_box, parse_point
+from .common import CliError, add_device_argument, add_precision_argument, parse_box, parse_point
 
 #: ``edgesam predict``'s model when neither ``--checkpoint`` nor ``--onnx-dir`` is given.
 DEFAULT_CHECKPOINT = "edge_sam_3x"
@@ -59,6 +59,7 @@ def register_predict_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     p.add_argument("--int8", action="store_true", help="use encoder.int8.onnx (onnx backend)")
     add_device_argument(p)
+    add_precision_argument(p)
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("export", help="export encoder.onnx and decoder.onnx from a checkpoint")
@@ -149,6 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             threads=args.threads,
             int8=args.int8,
             device=args.device or "cpu",
+            precision=args.precision or "auto",
         )
         t1 = time.perf_counter()
         predictor.set_image(image)
@@ -186,6 +188,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     providers = getattr(predictor, "providers", None)
     if providers is not None and args.device is not None:
         summary["providers"] = list(providers)
+    precision = getattr(predictor, "precision", None)
+    if precision is not None:
+        summary["precision"] = precision
     print(json.dumps(summary))
     return 0
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..pipeline import storage
-from .common import EXIT_INTERRUPTED, CliError, add_device_argument
+from .common import EXIT_INTERRUPTED, CliError, add_device_argument, add_precision_argument
 
 DEFAULT_SCHEMA_PATH = Path("schemas") / "pipeline.schema.json"
 
@@ -32,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--executor", choices=("local", "ray"), help="override the executor type")
     r.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     add_device_argument(r)
+    add_precision_argument(r)
     r.set_defaults(func=cmd_run)
     v = sub.add_parser("validate", help="check a YAML pipeline (schema, types, step order, files, model)")
     v.add_argument("pipeline", type=Path, help="pipeline YAML")
@@ -64,6 +68,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"output_dir={json.dumps(od if storage.is_url(od) else str(Path(od).resolve()))}")
     if getattr(args, "device", None) is not None:
         out.append(f"model.device={json.dumps(args.device)}")
+    if getattr(args, "precision", None) is not None:
+        out.append(f"model.precision={json.dumps(args.precision)}")
     return out
 
 
@@ -134,6 +140,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def cli_logging(quiet: bool) -> Iterator[None]:
+    """``edgesam_backend`` log lines on stderr as ``edgesam: ...`` while the command runs: INFO (the
+    model line at the start: files, device, providers, precision), only warnings with ``--quiet``. Left
+    alone when the process configured logging itself (handlers on the root logger)."""
+    logger = logging.getLogger("edgesam_backend")
+    if logging.getLogger().handlers or logger.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("edgesam: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline.base import PipelineError
     from ..pipeline.run_errors import OutputDirError, PipelineInterrupted, PipelineStopped
@@ -141,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipe = _load(args)
     try:
-        summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
+        with cli_logging(args.quiet):
+            summary = run_pipeline(pipe, executor=args.executor, progress=not args.quiet)
     except PipelineInterrupted as exc:
         print(json.dumps(exc.summary))
         print(f"edgesam: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CliError, add_device_argument
+from .common import CliError, add_device_argument, add_precision_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="model name or checkpoint (env EDGESAM_CHECKPOINT)")
     p.add_argument("--int8", action="store_true", default=None, help="int8 encoder (env EDGESAM_INT8)")
     add_device_argument(p)
+    add_precision_argument(p, env="EDGESAM_PRECISION")
     p.set_defaults(func=run)
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             int8=args.int8,
             device=getattr(args, "device", None),
+            precision=getattr(args, "precision", None),
         )
     except SettingsError as exc:
         raise CliError(str(exc)) from None

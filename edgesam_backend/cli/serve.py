@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CliError, add_device_argument
+from .common import CliError, add_device_argument, add_precision_argument
 
 #: CLI option → environment variable.
 OPTION_ENV = {
@@ -19,6 +19,7 @@ OPTION_ENV = {
     "checkpoint": "EDGESAM_CHECKPOINT",
     "int8": "EDGESAM_INT8",
     "device": "EDGESAM_DEVICE",
+    "precision": "EDGESAM_PRECISION",
     "workers": "WORKERS",
     "threads": "THREADS",
     "log_level": "LOG_LEVEL",
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="use encoder.int8.onnx from the same directory (env EDGESAM_INT8=true)",
     )
     add_device_argument(p, env="EDGESAM_DEVICE")
+    add_precision_argument(p, env="EDGESAM_PRECISION")
     p.add_argument("--workers", type=int, help="worker processes (env WORKERS, default 1)")
     p.add_argument("--threads", type=int, help="concurrent requests per worker (env THREADS, default 4)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (env LOG_LEVEL, default INFO)")

@@ -20,10 +20,8 @@ from pathlib import Path
 import onnx
 
 from ..fileio import atomic_open
+from ..runtime.model_files import FP16_DECODER_FILE, FP16_ENCODER_FILE
 from .metadata import read_metadata
-
-FP16_ENCODER_FILE = "encoder.fp16.onnx"
-FP16_DECODER_FILE = "decoder.fp16.onnx"
 
 #: Ops left in float32: range-sensitive statistics and shape arithmetic.
 KEEP_FP32_OPS = ["ReduceMean", "Pow", "Sqrt", "Range", "Shape", "Resize", "TopK", "NonZero", "CumSum"]

@@ -88,7 +88,7 @@ def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
     ONNX files are looked up in ``EDGESAM_ONNX_DIR``, then ``MODEL_DIR`` and ``MODEL_DIR/onnx``;
     otherwise ``EDGESAM_CHECKPOINT`` (a name or path) is resolved by the model resolver (our export,
     written once, which needs torch; without torch a model name uses the official ONNX files).
-    ``EDGESAM_INT8`` and ``EDGESAM_DEVICE`` apply either way.
+    ``EDGESAM_INT8``, ``EDGESAM_DEVICE`` and ``EDGESAM_PRECISION`` apply either way.
     """
     from ..engine import onnx_predictor
     from ..runtime.resolve import resolve_model
@@ -99,13 +99,16 @@ def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
         onnx_dir=onnx_dir,
         int8=settings.int8,
         device=settings.device,
+        precision=settings.precision,
     )
     log.info(
-        "model %s: %s + %s, providers %s",
+        "model %s: %s + %s, device %s, providers %s, precision %s",
         model.model_version,
         model.encoder,
         model.decoder,
+        model.execution.chosen,
         model.execution.names,
+        model.precision,
     )
     predictor = onnx_predictor(model, threads=settings.intra_op_threads)
     return predictor, settings.model_version or model.model_version, model.encoder_sha256
@@ -238,14 +241,19 @@ def create_app(
 
     providers = list(getattr(predictor, "providers", []))
     app.state.providers = providers
+    precision = getattr(predictor, "precision", None)
+    app.state.precision = precision
 
     def health_body() -> dict[str, Any]:
-        return {
+        body = {
             "status": "UP",
             "model_class": "EdgeSAM",
             "model_version": backend.model_version,
             "providers": providers,
         }
+        if precision is not None:
+            body["precision"] = precision
+        return body
 
     @app.get("/")
     @app.get("/health")

@@ -41,9 +41,10 @@ def serve(env_overrides: Mapping[str, str]) -> int:
         return 0
     app = create_app(settings)
     log.info(
-        "EdgeSAM Label Studio backend %s (%s) on %s:%d (Label Studio: %s)",
+        "EdgeSAM Label Studio backend %s (%s%s) on %s:%d (Label Studio: %s)",
         app.state.backend.model_version,
         ", ".join(app.state.providers) or "custom predictor",
+        f", {app.state.precision}" if app.state.precision else "",
         settings.host,
         settings.port,
         settings.label_studio_url or "from /setup",

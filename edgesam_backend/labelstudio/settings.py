@@ -9,6 +9,7 @@
 | ``MODEL_DIR`` | ``.`` | ``encoder.onnx`` + ``decoder.onnx`` are looked up here and in ``onnx/`` |
 | ``EDGESAM_INT8`` | ``false`` | use ``encoder.int8.onnx`` from the same directory |
 | ``EDGESAM_DEVICE`` | ``cpu`` | ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml``, ``auto`` |
+| ``EDGESAM_PRECISION`` | ``auto`` | ``fp32``, ``fp16``, ``int8``; ``auto``: fp16 files on a GPU if present |
 | ``LOG_LEVEL`` | ``INFO`` | logging level |
 | ``WORKERS`` / ``THREADS`` | ``1`` / ``4`` | uvicorn worker processes / concurrent requests per worker |
 | ``EDGESAM_PREANNOTATE`` | ``from-prompts`` | ``none``, ``automatic`` or ``from-prompts`` (see the README) |
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from ..runtime.model_files import Precision
 from ..runtime.providers import Device
 
 MaskChoice = Literal["auto", "single", "stability", "iou"]
@@ -69,6 +71,7 @@ class Settings(BaseModel):
     model_version: str | None = None
     int8: bool = False
     device: Device = "cpu"
+    precision: Precision = "auto"
 
     # learning from the project (labelstudio/fit.py) and the served version (labelstudio/versions.py)
     train_dir: Path | None = None

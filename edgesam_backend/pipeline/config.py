@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..runtime.model_files import DECODER_FILE, ENCODER_FILE
+from ..runtime.model_files import DECODER_FILE, ENCODER_FILE, Precision
 from ..runtime.providers import Device
 from ..yamlconfig import StrictModel
 from .registry import StepSpec, load_registry
@@ -41,7 +41,9 @@ class ModelConfig(StrictModel):
     proposal weights gives an encoder with proposals); or only ``onnx_dir`` with ``encoder.onnx`` +
     ``decoder.onnx``. ``threads``: onnxruntime intra-op threads per model (default: the executor's
     share of the CPUs). ``int8``: use ``encoder.int8.onnx`` from the same directory. ``device``:
-    onnxruntime execution providers (``runtime/providers.py``)."""
+    onnxruntime execution providers (``runtime/providers.py``). ``precision``: which ONNX files
+    (``runtime/resolve.py``): ``auto`` takes ``encoder.fp16.onnx`` + ``decoder.fp16.onnx`` on
+    CUDA/TensorRT when they exist, else fp32; ``fp16`` requires them (``edgesam export --fp16``)."""
 
     checkpoint: str | None = Field(None, min_length=1, description="model name or checkpoint path")
     onnx_dir: AnyPath | None = Field(None, description="directory with encoder.onnx and decoder.onnx")
@@ -49,6 +51,11 @@ class ModelConfig(StrictModel):
     int8: bool = Field(False, description="use encoder.int8.onnx (written by `edgesam export --int8`)")
     device: Device = Field(
         "cpu", description="onnxruntime device: cpu, cuda[:N], tensorrt[:N], openvino, coreml or auto"
+    )
+    precision: Precision = Field(
+        "auto",
+        description="ONNX files: fp32, fp16 (`edgesam export --fp16`), int8, or auto (fp16 on cuda/tensorrt "
+        "when its files exist, else fp32)",
     )
 
     @field_validator("checkpoint")
@@ -88,6 +95,8 @@ class ModelConfig(StrictModel):
     def _one_source(self) -> ModelConfig:
         if self.checkpoint is None and self.onnx_dir is None:
             raise ValueError("give model.checkpoint (name or path) and/or model.onnx_dir")
+        if self.int8 and self.precision not in ("auto", "int8"):
+            raise ValueError(f"model.int8 and model.precision {self.precision!r} conflict: give one of them")
         return self
 
 

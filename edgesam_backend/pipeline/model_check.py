@@ -1,7 +1,7 @@
 """``edgesam validate``'s model check: does the pipeline's ``model`` block resolve, without downloading or
 exporting anything? (:func:`edgesam_backend.runtime.resolve.model_availability`.)
 
-* the ONNX files are on disk: they are resolved like a run does (int8 file, device, capabilities) and the
+* the ONNX files are on disk: they are resolved like a run does (precision, device, capabilities) and the
   prompt step's model requirements are checked (``prompt.proposals`` needs the RPN head);
 * a local checkpoint not yet exported: checked as far as possible (the file, PyTorch for the export);
 * a named model that is not cached: **not checked** (a run downloads it) — reported as such, with the
@@ -55,6 +55,7 @@ def check_model(pipe: PipelineBase) -> dict[str, Any]:
         "source": model.source,
         "model_version": model.model_version,
         "device": model.execution.chosen,
+        "precision": model.precision,
     }
 
 

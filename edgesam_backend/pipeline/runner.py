@@ -8,6 +8,7 @@ byte-for-byte the same files as one uninterrupted run (and the same as the Ray e
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,8 @@ from .run_errors import PipelineFailed, PipelineInterrupted, PipelineStopped, op
 from .store import ResultStore
 from .worker import Outcome
 
+log = logging.getLogger("edgesam_backend.pipeline")
+
 #: Appended to "not cached / cannot download" model errors: where a pipeline takes a local model.
 OFFLINE_ADVICE = (
     "In a pipeline, point at a local copy: `model.checkpoint: /path/to/edge_sam_3x.pth` in the YAML, "
@@ -51,7 +54,9 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
     from .. import weights
 
     try:
-        return resolve_model(cfg.checkpoint, onnx_dir=cfg.onnx_dir, int8=cfg.int8, device=cfg.device)
+        return resolve_model(
+            cfg.checkpoint, onnx_dir=cfg.onnx_dir, int8=cfg.int8, device=cfg.device, precision=cfg.precision
+        )
     except weights.WeightsUnavailableError as exc:
         raise PipelineError(f"model: {exc} {OFFLINE_ADVICE}") from None
     except (EngineError, weights.WeightsError) as exc:
@@ -170,6 +175,15 @@ def run_pipeline(
     prep.prompt.bind(items, categories, prep.source.kind)
     model = resolve(pipe.model)
     encoder, decoder = model.encoder, model.decoder
+    log.info(
+        "model %s: %s + %s, device %s, providers %s, precision %s",
+        model.model_version,
+        encoder,
+        decoder,
+        model.execution.chosen,
+        model.execution.names,
+        model.precision,
+    )
     info = model_info(model)
     prep.prompt.check_model(info)
     for r in prep.refines:
@@ -203,6 +217,8 @@ def run_pipeline(
                 w = workers.setdefault(out.worker, {"node": out.node, "images": 0, "model_loads": 0})
                 w["images"] += 1
                 w["model_loads"] = max(w["model_loads"], out.model_loads)
+                if out.gpus:  # gpus_per_worker: the GPU ids Ray assigned to the actor
+                    w["gpus"] = out.gpus
             item = items[out.index]
             if out.status in ("done", "skipped"):
                 assert out.key is not None
@@ -259,6 +275,7 @@ def run_pipeline(
             "executor": exec_cfg.type,
             "device": model.execution.chosen,
             "providers": model.execution.names,
+            "precision": model.precision,
             "config_hash": chash,
             "images": len(items),
             "processed": bar.done,

@@ -1,7 +1,8 @@
 """EdgeSAM ONNX file names and what a pair of files can do, read from the graphs with ``onnx``.
 
 This is the one place that knows the file names (``encoder.onnx``, ``decoder.onnx``,
-``encoder.int8.onnx``) and the one place that inspects an encoder/decoder pair. Only graph
+``encoder.int8.onnx``, ``encoder.fp16.onnx`` + ``decoder.fp16.onnx``) and the one place that inspects an
+encoder/decoder pair. Only graph
 inputs/outputs, metadata and node types are read (``load_external_data=False``; no session is built).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import onnx
 
@@ -17,6 +19,14 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 #: Static-int8 encoder written by ``edgesam export --int8`` next to :data:`ENCODER_FILE`.
 INT8_ENCODER_FILE = "encoder.int8.onnx"
+#: float16 pair (float32 IO) written by ``edgesam export --fp16`` next to the fp32 files.
+FP16_ENCODER_FILE = "encoder.fp16.onnx"
+FP16_DECODER_FILE = "decoder.fp16.onnx"
+
+#: The precision option of the resolver: ``auto`` (fp16 on CUDA/TensorRT when its files exist, else fp32),
+#: or one of the file sets. ``int8`` swaps the encoder only (the decoder stays fp32).
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
 
 OURS_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
@@ -44,6 +54,8 @@ class Capabilities:
         encoder_input: name of the encoder's image input ``(1, 3, S, S)``.
         encoder_output: name of the ``(1, 256, S/16, S/16)`` embedding output.
         int8: the encoder holds QuantizeLinear/DequantizeLinear nodes.
+        precision: the encoder's number format: ``"int8"`` (QDQ), ``"fp16"`` (``edgesam.precision``
+            metadata, or float16 initializers) or ``"fp32"``.
         upsample_mode: ``edgesam.upsample_mode`` metadata of the encoder (``"bicubic"`` for our export;
             ``None`` for files without it, e.g. the official bilinear encoder).
         image_size: the model's square input side ``S`` (the encoder input's static side; our export
@@ -59,6 +71,7 @@ class Capabilities:
     int8: bool
     upsample_mode: str | None
     image_size: int = 1024
+    precision: str = "fp32"
 
 
 def _load_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -117,6 +130,18 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
+def graph_precision(model: onnx.ModelProto) -> str:
+    """``"int8"``, ``"fp16"`` or ``"fp32"``: what the graph computes in (see :class:`Capabilities`)."""
+    if is_quantized(model):
+        return "int8"
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("edgesam.precision") == "fp16":
+        return "fp16"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLike[str]) -> Capabilities:
     """Inspect an encoder/decoder pair (graphs only). Raises :class:`OnnxModelError`."""
     enc, dec = _load_graph(encoder), _load_graph(decoder)
@@ -137,6 +162,7 @@ def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLik
         int8=is_quantized(enc),
         upsample_mode=meta.get("edgesam.upsample_mode"),
         image_size=image_size,
+        precision=graph_precision(enc),
     )
 
 
@@ -144,3 +170,9 @@ def onnx_files(onnx_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(encoder.onnx, decoder.onnx)`` inside ``onnx_dir`` (not checked for existence)."""
     d = Path(onnx_dir)
     return d / ENCODER_FILE, d / DECODER_FILE
+
+
+def fp16_files(onnx_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(encoder.fp16.onnx, decoder.fp16.onnx)`` inside ``onnx_dir`` (not checked for existence)."""
+    d = Path(onnx_dir)
+    return d / FP16_ENCODER_FILE, d / FP16_DECODER_FILE

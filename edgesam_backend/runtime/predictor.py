@@ -106,6 +106,8 @@ class OnnxPredictor(BasePredictor):
         #: The encoder also emits the region proposal maps (exported with an RPN head).
         self.has_proposals = caps.has_proposals
         self.flavour = caps.flavour
+        #: ``"fp32"``, ``"fp16"`` or ``"int8"``: the encoder's number format (shown by ``/health``).
+        self.precision = caps.precision
         self.supports_mask_input = caps.supports_mask_input
         self.image_size = caps.image_size
         self._official_stability = caps.official_scores_are_stability

@@ -16,7 +16,13 @@ Resolution order:
    beside the checkpoint (bilinear encoder, decoder without mask input), downloaded once (resumable,
    verified) into ``$EDGESAM_HOME/onnx/<name>-official``.
 
-``int8=True`` swaps in ``encoder.int8.onnx`` from the same directory (never created implicitly).
+Precision (``precision=``, files from the same directory, never created implicitly):
+
+* ``fp32``: ``encoder.onnx`` + ``decoder.onnx``;
+* ``fp16``: ``encoder.fp16.onnx`` + ``decoder.fp16.onnx`` (``edgesam export --fp16``; float32 IO);
+* ``int8``: ``encoder.int8.onnx`` + ``decoder.onnx`` (``edgesam export --int8``; also ``int8=True``);
+* ``auto`` (default): fp16 when the chosen device is CUDA/TensorRT and the fp16 pair exists, else fp32
+  (onnxruntime's CPU float16 kernels up-cast, so fp16 is slower than fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ from .. import weights
 from ..fileio import file_sha256, sha256_files
 from .model_files import (
     INT8_ENCODER_FILE,
+    PRECISIONS,
     Capabilities,
     OnnxModelError,
+    fp16_files,
     onnx_files,
     read_capabilities,
 )
-from .providers import DeviceError, ExecutionPlan, resolve_providers
+from .providers import DeviceError, ExecutionPlan, parse_device, resolve_providers
 
 log = logging.getLogger("edgesam_backend.runtime")
 
@@ -59,14 +67,14 @@ class ResolvedModel:
     """A resolved model: where its files are and what they offer.
 
     Attributes:
-        encoder: encoder ONNX path (the int8 one when ``int8``).
-        decoder: decoder ONNX path.
+        encoder: encoder ONNX path (the int8 / fp16 one for those precisions).
+        decoder: decoder ONNX path (the fp16 one for fp16).
         encoder_sha256 / decoder_sha256: hex sha256 of each file's bytes (the pipeline's cache key).
         digest: hex sha256 of the encoder's bytes followed by the decoder's (``model_version``).
         capabilities: see :class:`.model_files.Capabilities`.
         execution: the onnxruntime providers for the requested device.
         source: ``"onnx_dir"``, ``"export"`` (ours, from the checkpoint) or ``"official"``.
-        int8: the int8 encoder was requested (and found).
+        precision: the file set in use: ``"fp32"``, ``"fp16"`` or ``"int8"`` (``auto`` resolved).
     """
 
     encoder: Path
@@ -77,7 +85,12 @@ class ResolvedModel:
     capabilities: Capabilities
     execution: ExecutionPlan
     source: str
-    int8: bool
+    precision: str = "fp32"
+
+    @property
+    def int8(self) -> bool:
+        """The int8 encoder is in use."""
+        return self.precision == "int8"
 
     @property
     def model_version(self) -> str:
@@ -235,42 +248,91 @@ def model_availability(
     return NEEDS_EXPORT, str(out)
 
 
+def _on_gpu(execution: ExecutionPlan) -> bool:
+    return parse_device(execution.chosen)[0] in ("cuda", "tensorrt")
+
+
+def choose_precision(precision: str, int8: bool, execution: ExecutionPlan, fp16_present: bool) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"int8"`` for the ``precision`` option (see the module docstring);
+    ``int8=True`` is ``precision="int8"``. Raises :class:`EngineError` for an unknown or conflicting one."""
+    name = str(precision).strip().lower()
+    if name not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if int8:
+        if name not in ("auto", "int8"):
+            raise EngineError(f"int8 and precision {name!r} conflict: give one of them")
+        return "int8"
+    if name == "auto":
+        return "fp16" if _on_gpu(execution) and fp16_present else "fp32"
+    return name
+
+
+def _precision_files(
+    enc: Path, dec: Path, source: str, precision: str, checkpoint: object
+) -> tuple[Path, Path]:
+    """The encoder/decoder of ``precision`` next to the fp32 pair ``enc``/``dec``; raises if missing."""
+    if precision == "fp32":
+        return enc, dec
+    if source == SOURCE_OFFICIAL:
+        flag = "--int8" if precision == "int8" else "--fp16"
+        raise EngineError(
+            f"{precision} needs our export's {precision} files (`edgesam export {flag}`); "
+            f"{checkpoint} resolved to {OFFICIAL_NOTE}"
+        )
+    if precision == "int8":
+        int8_enc = enc.with_name(INT8_ENCODER_FILE)
+        if not int8_enc.is_file():
+            raise EngineError(
+                f"int8 encoder requested but {int8_enc} does not exist "
+                "(write it with `edgesam export --int8 --calibration-images DIR`)"
+            )
+        return int8_enc, dec
+    pair = fp16_files(enc.parent)
+    missing = [str(p) for p in pair if not p.is_file()]
+    if missing:
+        raise EngineError(
+            f"fp16 requested but {' and '.join(missing)} do{'es' if len(missing) == 1 else ''} not exist "
+            f"(write them with `edgesam export --checkpoint CKPT --out {enc.parent} --fp16`)"
+        )
+    return pair
+
+
 def resolve_model(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
     onnx_dir: str | os.PathLike[str] | None = None,
     int8: bool = False,
     device: str = "cpu",
+    precision: str = "auto",
 ) -> ResolvedModel:
-    """Resolve a model (see the module docstring for the order).
+    """Resolve a model (see the module docstring for the order and the precisions).
 
     Args:
         checkpoint: model name (``edge_sam``, ``edge_sam_3x``) or ``.pth`` path, or ``None``.
         onnx_dir: directory with ``encoder.onnx`` + ``decoder.onnx`` (the export target for a checkpoint).
-        int8: use ``encoder.int8.onnx`` from the same directory.
+        int8: use ``encoder.int8.onnx`` from the same directory (same as ``precision="int8"``).
         device: ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``, ``coreml`` or ``auto``.
+        precision: ``auto`` (fp16 on CUDA/TensorRT when ``encoder.fp16.onnx`` + ``decoder.fp16.onnx``
+            exist, else fp32), ``fp32``, ``fp16`` or ``int8``.
 
     Raises:
-        EngineError: missing files or extra, unknown device or missing provider, int8 unavailable.
+        EngineError: missing files or extra, unknown device or missing provider, unknown precision or
+            its files missing.
         weights.WeightsError: the checkpoint (or the official ONNX files) could not be fetched.
     """
     try:
         execution = resolve_providers(device)
     except DeviceError as exc:
         raise EngineError(str(exc)) from None
+    choose_precision(precision, int8, execution, False)  # option errors before any download or export
     enc, dec, source = _locate(checkpoint, onnx_dir)
-    if int8:
-        if source == SOURCE_OFFICIAL:
-            raise EngineError(
-                "int8 needs our export's encoder.int8.onnx (`edgesam export --int8`); "
-                f"{checkpoint} resolved to {OFFICIAL_NOTE}"
-            )
-        enc = enc.with_name(INT8_ENCODER_FILE)
-        if not enc.is_file():
-            raise EngineError(
-                f"int8 encoder requested but {enc} does not exist "
-                "(write it with `edgesam export --int8 --calibration-images DIR`)"
-            )
+    fp16_present = source != SOURCE_OFFICIAL and all(p.is_file() for p in fp16_files(enc.parent))
+    chosen = choose_precision(precision, int8, execution, fp16_present)
+    enc, dec = _precision_files(enc, dec, source, chosen, checkpoint)
+    if chosen == "fp16" and not _on_gpu(execution):
+        log.warning(
+            "fp16 model files on %s: onnxruntime up-casts float16 there (slower than fp32)", execution.chosen
+        )
     try:
         caps = read_capabilities(enc, dec)
     except OnnxModelError as exc:
@@ -284,16 +346,18 @@ def resolve_model(
         capabilities=caps,
         execution=execution,
         source=source,
-        int8=int8,
+        precision=chosen,
     )
 
 
 __all__ = [
     "NEEDS_DOWNLOAD",
     "NEEDS_EXPORT",
+    "PRECISIONS",
     "READY",
     "EngineError",
     "ResolvedModel",
+    "choose_precision",
     "existing_onnx_files",
     "model_availability",
     "resolve_model",
