@@ -1,10 +1,12 @@
 """The Ray executor on a local Ray (2 CPUs): same final output as the local executor, resume across
-executors, and the CPU-starvation guard. Needs the ``[ray]`` extra."""
+executors, the CPU-starvation guard, and ``gpus_per_worker`` on fake GPUs (Ray's ``num_gpus``) and on
+a cluster without any. Needs the ``[ray]`` extra."""
 
 from __future__ import annotations
 
 import shutil
 import textwrap
+import time
 import types
 
 import pytest
@@ -40,8 +42,12 @@ steps:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+def local_ray(request):
+    """A local Ray of 2 CPUs and ``request.param`` GPUs (0 unless a test parametrizes ``local_ray``
+    indirectly; Ray advertises and assigns them, nothing here runs on a GPU). A test with another
+    GPU count gets a fresh Ray: pytest tears the module's instance down and groups the tests by it."""
+    gpus = getattr(request, "param", 0)
+    ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -127,3 +133,25 @@ def test_ray_refuses_to_starve_the_cluster(local_ray, onnx_dir, images, tmp_path
     cfg = types.SimpleNamespace(address=None, num_workers=2, cpus_per_worker=1.0, num_cpus=None)
     with pytest.raises(PipelineError, match=r"starve Ray Data's read tasks.*cpus_per_worker <= 0\.5"):
         run_ray({"config_hash": "x", "output_dir": str(tmp_path)}, [], [], None, lambda o: True, cfg)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("local_ray", [2], indirect=True)
+def test_fractional_gpus_per_worker_on_fake_gpus(local_ray, onnx_dir, images, tmp_path):
+    """Two actors of 0.5 GPU each on a Ray advertising 2 GPUs: the run completes and the summary names
+    the GPU Ray assigned to each actor."""
+    assert ray.cluster_resources().get("GPU") == 2
+    ex = "{type: ray, num_workers: 2, gpus_per_worker: 0.5}"
+    s = run_pipeline(pipeline(tmp_path, onnx_dir, images, ex, "gpu"), progress=False)
+    assert s["processed"] == 4 and s["failed"] == 0
+    assert sum(w["images"] for w in s["workers"].values()) == 4
+    for w in s["workers"].values():
+        assert len(w["gpus"]) == 1 and w["gpus"][0] in ("0", "1"), s["workers"]
+
+
+def test_gpus_per_worker_on_a_cluster_without_gpus_fails_fast(local_ray, onnx_dir, images, tmp_path):
+    assert ray.cluster_resources().get("GPU", 0) == 0
+    ex = "{type: ray, num_workers: 1, gpus_per_worker: 0.5}"
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError, match=r"gpus_per_worker 0\.5 but the Ray cluster has 0 GPUs"):
+        run_pipeline(pipeline(tmp_path, onnx_dir, images, ex, "nogpu"), progress=False)
+    assert time.monotonic() - t0 < 120  # an error, not a wait for resources that never come

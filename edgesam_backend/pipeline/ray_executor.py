@@ -8,7 +8,7 @@
            concurrency=N | (min, max),      loads one model once (ONNX sessions) and then decodes,
            num_cpus=cpus_per_worker,        encodes, segments, refines and writes the result file of
            num_gpus=gpus_per_worker)        every row it gets
-      .iter_rows()                          driver: progress, failures, max_errors, node ids
+      .iter_rows()                          driver: progress, failures, max_errors, node / GPU ids
 
 Actors write the per-image results themselves (in parallel) into the same store as the local executor,
 so resume works across executors and the exports (built by the driver from the store, in source order)
@@ -18,7 +18,8 @@ shared file system; the package (and the model files, at the same path) must be 
 
 Fault tolerance is Ray Data's: actors are restarted (``max_restarts=-1``) and their rows retried when a
 node dies, and a retried row rewrites the same result key with the same bytes, so no image is lost or
-duplicated. Every output row names the node and actor that processed it (``summary["nodes"]``).
+duplicated. Every output row names the node and actor that processed it (``summary["nodes"]``) and
+the GPUs Ray gave that actor (``summary["workers"][actor]["gpus"]``, with ``gpus_per_worker``).
 
 CPU starvation (actors reserving every CPU starve the read tasks): see :mod:`.cpus`.
 """
@@ -69,7 +70,8 @@ def read_row(row: dict[str, Any], config_hash: str, store_dir: str) -> dict[str,
 
 class SegmentActor:
     """One model per actor (loaded once, in ``__init__``); processes ``todo`` rows and writes their
-    results. Rows it returns carry its node id, actor id and the process's model-load count."""
+    results. Rows it returns carry its node id, actor id, the process's model-load count and the GPU
+    ids Ray assigned to it (comma-separated; empty without ``gpus_per_worker``)."""
 
     def __init__(self, plan: dict[str, Any], threads: int) -> None:
         import ray
@@ -79,6 +81,7 @@ class SegmentActor:
         ctx = ray.get_runtime_context()
         self.node_id = ctx.get_node_id()
         self.actor_id = ctx.get_actor_id() or ""
+        self.gpus = ",".join(str(g) for g in ray.get_gpu_ids())
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         import time
@@ -94,6 +97,7 @@ class SegmentActor:
             "node": self.node_id,
             "worker": self.actor_id,
             "model_loads": models_built(),
+            "gpus": self.gpus,
         }
         if row["status"] != "todo":
             return out
@@ -218,6 +222,7 @@ def run_ray(
                     node=str(row.get("node", "")),
                     worker=str(row.get("worker", "")),
                     model_loads=int(row.get("model_loads", 0)),
+                    gpus=[g for g in str(row.get("gpus", "")).split(",") if g],
                 )
                 if not on_outcome(out):
                     break

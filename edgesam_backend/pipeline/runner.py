@@ -217,6 +217,8 @@ def run_pipeline(
                 w = workers.setdefault(out.worker, {"node": out.node, "images": 0, "model_loads": 0})
                 w["images"] += 1
                 w["model_loads"] = max(w["model_loads"], out.model_loads)
+                if out.gpus:  # gpus_per_worker: the GPU ids Ray assigned to the actor
+                    w["gpus"] = out.gpus
             item = items[out.index]
             if out.status in ("done", "skipped"):
                 assert out.key is not None

@@ -33,7 +33,8 @@ class Outcome:
     """What happened to one item: ``done`` (processed and stored), ``skipped`` (already stored) or
     ``failed`` (``stage`` read / decode / encode / segment / store, ``error`` the message). ``node`` and
     ``worker``: the Ray node id and actor id that processed it (empty for the local executor);
-    ``model_loads``: how many models that worker's process had built by then (1 when loaded once)."""
+    ``model_loads``: how many models that worker's process had built by then (1 when loaded once);
+    ``gpus``: the GPU ids Ray assigned to that actor (``ray.get_gpu_ids()``; empty without GPUs)."""
 
     index: int
     status: str
@@ -46,6 +47,7 @@ class Outcome:
     node: str = ""
     worker: str = ""
     model_loads: int = 0
+    gpus: list[str] = field(default_factory=list)
 
 
 def read_item(item: ImageItem) -> tuple[bytes, str]:
