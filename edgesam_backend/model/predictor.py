@@ -39,7 +39,7 @@ class TorchPredictor(BasePredictor):
 
     @torch.inference_mode()
     def _encode_tensor(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        return self.model.image_encoder(torch.from_numpy(x).to(self.device)).cpu().numpy()
+        return self.model.image_encoder(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     @torch.inference_mode()
     def _encode_outputs(self, x: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
@@ -49,9 +49,9 @@ class TorchPredictor(BasePredictor):
         emb, stages = self.model.image_encoder.forward_with_stages(torch.from_numpy(x).to(self.device))
         logits, ltrb = rpn.flatten(*rpn(stages))
         return {
-            "image_embeddings": emb.cpu().numpy(),
-            "proposal_logits": logits.cpu().numpy(),
-            "proposal_ltrb": ltrb.cpu().numpy(),
+            "image_embeddings": emb.float().cpu().numpy(),
+            "proposal_logits": logits.float().cpu().numpy(),
+            "proposal_ltrb": ltrb.float().cpu().numpy(),
         }
 
     @torch.inference_mode()
@@ -70,4 +70,4 @@ class TorchPredictor(BasePredictor):
             )
         low, iou = m.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
         stab = stability_score(low)
-        return low.cpu().numpy(), iou.cpu().numpy(), stab.cpu().numpy()
+        return low.float().cpu().numpy(), iou.float().cpu().numpy(), stab.float().cpu().numpy()
