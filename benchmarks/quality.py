@@ -317,6 +317,33 @@ MODES: dict[str, Callable[[Any, list[tuple[Path, np.ndarray]], dict[str, Any]], 
 }
 
 
+#: Threshold sweep (``--sweep N``): stability thresholds at SAM's IoU threshold and with it off.
+SWEEP_STABILITY = (0.6, 0.7, 0.8, 0.9, 0.95)
+SWEEP_IOU = (0.0, 0.88)
+
+
+def threshold_sweep(predictor: Any, data: list[tuple[Path, np.ndarray]], side: int = 16) -> dict[str, Any]:
+    """Everything-mode recall / precision on ``data`` for each (``pred_iou_thresh``,
+    ``stability_score_thresh``) of :data:`SWEEP_IOU` x :data:`SWEEP_STABILITY` (grid ``side`` x ``side``;
+    ``quality_score="iou"`` so that both thresholds apply): what the automatic-mask defaults rest on."""
+    from edgesam_backend.runtime.amg import AutomaticMaskGenerator
+
+    out: dict[str, Any] = {"grid": side, "images": len(data)}
+    for iou in SWEEP_IOU:
+        for stab in SWEEP_STABILITY:
+            gen = AutomaticMaskGenerator(
+                predictor,
+                points_per_side=side,
+                quality_score="iou",
+                pred_iou_thresh=iou,
+                stability_score_thresh=stab,
+            )
+            r = everything(predictor, data, lambda e, g=gen: g.generate(e, return_stats=True))
+            keys = ("recall@0.5", "precision@0.5", "recall@0.75", "precision@0.75", "masks_per_image")
+            out[f"iou{iou}_stability{stab}"] = {k: r[k] for k in keys}
+    return out
+
+
 def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]]) -> dict[str, Any]:
     """Export ``model_path`` (cached under ``work/onnx``), quantize the encoder on 32 training images,
     and compare int8 with fp32 on the held-out images: box-prompt mIoU ×100 of each against the GT
@@ -373,6 +400,9 @@ def main() -> None:
         "--cache", type=Path, default=CACHE, help="cache root (default ~/.cache/edgesam-bench/...)"
     )
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument(
+        "--sweep", type=int, default=0, metavar="N", help="only the threshold sweep on N held-out images"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -411,6 +441,13 @@ def main() -> None:
     from edgesam_backend.model.predictor import TorchPredictor
 
     data = _gt_instances(work, args.eval_images)
+    if args.sweep:
+        sweep = threshold_sweep(TorchPredictor(with_rpn), data[: args.sweep])
+        emit = {"checkpoint": str(final), "threshold_sweep": sweep}
+        print(json.dumps(emit, indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(emit, indent=2))
+        return
     amg_kw = {
         k: v
         for k, v in (("pred_iou_thresh", args.iou_thresh), ("stability_score_thresh", args.stability_thresh))

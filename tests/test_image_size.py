@@ -65,3 +65,19 @@ def test_export_to_onnx_predictor_at_the_model_size(exported):
     anns = AutomaticMaskGenerator(onnx_p, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     masks = anns.generate(img)
     assert all(m["segmentation"].shape == (96, 144) for m in masks)
+
+
+def test_export_validation_refuses_a_graph_of_other_weights(small_edgesam) -> None:
+    """The export check compares onnxruntime with PyTorch: the ONNX files of one model validated
+    against another model's weights fail, naming the tolerance and the logit scale it used."""
+    import torch
+
+    from edgesam_backend.export.onnx import ExportError, validate_export
+    from edgesam_backend.model.edge_sam import build_edge_sam
+
+    _, onnx = small_edgesam
+    with torch.random.fork_rng():
+        torch.manual_seed(1)  # small_edgesam is seed 0
+        other = build_edge_sam(image_size=64).eval()
+    with pytest.raises(ExportError, match=r"tolerance 0\.0001; decoder .* for logits up to"):
+        validate_export(other, onnx / "encoder.onnx", onnx / "decoder.onnx")

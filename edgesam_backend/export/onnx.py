@@ -14,7 +14,8 @@ Decoder ``decoder.onnx`` (B prompts and N points are dynamic)
     :mod:`.fast_decoder` (same function, about half the work per prompt); ``fast_decoder=False``
     writes the plain graph of :class:`DecoderOnnxModel`.
 
-Every export validates itself against PyTorch with onnxruntime (max abs diff ≤ ``tolerance``).
+Every export validates itself against PyTorch with onnxruntime: encoder max abs diff ≤ ``tolerance``,
+decoder max abs diff ≤ ``tolerance`` x max(1, max |PyTorch logit|) (float32 rounding scales with the logits).
 """
 
 from __future__ import annotations
@@ -228,23 +229,31 @@ def validate_export(
         "box+point": ([[w * 0.5, h * 0.5]], [0], [w * 0.1, h * 0.1, w * 0.9, h * 0.9]),
     }
     dec: dict[str, float] = {}
+    # float32 rounding grows with the logits' magnitude (a fitted model's reach 1e3, where 1e-3 is
+    # rounding, not a wrong graph): each decoder diff is held to tolerance * max(1, max |PyTorch logit|)
+    scale = 1.0
+
+    def compare(t: tuple[np.ndarray, ...], o: tuple[np.ndarray, ...]) -> float:
+        nonlocal scale
+        scale = max(scale, float(np.abs(t[0]).max()), float(np.abs(t[1]).max()))
+        return float(max(np.abs(t[0] - o[0]).max(), np.abs(t[1] - o[1]).max()))
+
     for name, (pc, pl, box) in prompts.items():
         coords, labels = pack_prompt(pc, pl, box, te.original_hw, te.image_size)
         t_low, t_iou, _ = tp.predict_low_res(coords, labels, embedding=te)  # same embeddings on both sides
-        o_low, o_iou, _ = op.predict_low_res(coords, labels, embedding=te)
-        dec[name] = float(max(np.abs(t_low - o_low).max(), np.abs(t_iou - o_iou).max()))
+        dec[name] = compare((t_low, t_iou), op.predict_low_res(coords, labels, embedding=te))
     # batched prompts with a mask input (refinement), B=3
     coords, labels = pack_prompt([[w * 0.5, h * 0.4]], [1], None, te.original_hw, te.image_size)
     coords, labels = np.repeat(coords, 3, 0), np.repeat(labels, 3, 0)
     mask = np.stack([t_low[0, :1], t_low[0, 1:2], t_low[0, 2:3]]).astype(np.float32)
-    t_low, t_iou, _ = tp.predict_low_res(coords, labels, mask, embedding=te)
-    o_low, o_iou, _ = op.predict_low_res(coords, labels, mask, embedding=te)
-    dec["batch+mask_input"] = float(max(np.abs(t_low - o_low).max(), np.abs(t_iou - o_iou).max()))
-    worst = max([enc_diff, *dec.values()])
-    if not worst <= tolerance:
+    dec["batch+mask_input"] = compare(
+        tp.predict_low_res(coords, labels, mask, embedding=te),
+        op.predict_low_res(coords, labels, mask, embedding=te),
+    )
+    if not (enc_diff <= tolerance and max(dec.values()) <= tolerance * scale):
         raise ExportError(
             f"exported ONNX disagrees with PyTorch: encoder {enc_diff:.3g}, decoder {dec} "
-            f"(tolerance {tolerance})"
+            f"(tolerance {tolerance}; decoder {tolerance * scale:.3g} for logits up to {scale:.3g})"
         )
     return enc_diff, dec
 
