@@ -316,11 +316,11 @@ def test_s3_run_matches_disk_and_resumes_after_kill9(s3, onnx_dir, disk_referenc
     out = f"s3://{BUCKET}/runs/kill9"
     yaml = _yaml(tmp_path, "s3", onnx_dir, f"s3://{BUCKET}/images", out)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgesam_backend.cli", "run", str(yaml), "--quiet"],
+        [sys.executable, "-m", "edgesam_backend.cli", "run", str(yaml)],  # progress and log lines too
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # its whole console output, checked for the credentials below
     )
     prefix = "runs/kill9/.edgesam/results/"
     deadline = time.monotonic() + 300
@@ -331,10 +331,14 @@ def test_s3_run_matches_disk_and_resumes_after_kill9(s3, onnx_dir, disk_referenc
             break
         time.sleep(0.2)
     assert proc.poll() is None, (
-        f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        f"the run ended before it could be killed: {proc.stdout.read().decode()[-2000:]}"
     )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    console = proc.stdout.read()  # what the killed run printed (its log and errors)
+    proc.stdout.close()
+    assert b"edgesam: " in console  # the log and progress lines were printed ...
+    assert SECRET.encode() not in console and KEY_ID.encode() not in console, console[-2000:]  # ... clean
     stored = len(_objects(client, prefix))
     assert 1 <= stored < len(NAMES), stored
     assert not _outputs(client, "runs/kill9/"), "no export before the run finished"
