@@ -18,7 +18,6 @@ with mask input. Loop, DDP, AMP, checkpoints and resume: :mod:`.loop`. Output: `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,13 @@ from .evaluate import mask_iou, miou
 from .finetune_config import FinetuneConfig
 from .finetune_data import MaskDataset, MaskSample, read_masks
 from .loop import (
-    DistEnv,
     Log,
     LoopSettings,
     autocast,
     finish_run,
     num_threads,
     run_loop,
+    shuffled_batches,
     start_run,
     step_generator,
     wrap_ddp,
@@ -211,19 +210,6 @@ def validate(
     return out
 
 
-def _batches(data: MaskDataset, cfg: FinetuneConfig, env: DistEnv, start: int) -> Iterator[list[MaskSample]]:
-    """Deterministic shuffled batches (a permutation per epoch), ``rank::world`` slice of each."""
-    per_step = cfg.batch_size * env.world
-    per_epoch = max(1, len(data) // per_step)
-    step = start
-    while True:
-        epoch, offset = divmod(step, per_epoch)
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(data))
-        chunk = np.resize(perm, per_step * per_epoch)[offset * per_step : (offset + 1) * per_step]
-        yield [data[int(j)] for j in chunk[env.rank :: env.world]]
-        step += 1
-
-
 def finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     """Run (or resume) fine-tuning; returns the metrics dict (also in ``metrics.json``)."""
     with num_threads(cfg.threads):
@@ -273,7 +259,10 @@ def _finetune(cfg: FinetuneConfig, log: Log) -> dict[str, Any]:
         model=model,
         optimizer=opt,
         schedule=lambda t: warmup_cosine(t, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio),
-        batches=lambda start: _batches(train, cfg, env, start),
+        batches=lambda start: (
+            [train[j] for j in idx]
+            for idx in shuffled_batches(len(train), cfg.batch_size, cfg.seed, start, env.rank, env.world)
+        ),
         step_fn=step_fn,
         validate=run_val if val is not None else None,
         log=say,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import distributed as dist
 from torch import nn
@@ -146,6 +147,26 @@ def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file renamed into place (no half-written checkpoints)."""
     with atomic_open(path) as f:
         torch.save(obj, f)
+
+
+def shuffled_batches(
+    n: int, batch: int, seed: int, start: int, rank: int = 0, world: int = 1
+) -> Iterator[list[int]]:
+    """The trainers' batch sampler: indices into a dataset of ``n`` items, step ``start`` onwards.
+
+    Each step takes ``batch * world`` items of a permutation drawn per epoch from ``(seed, epoch)``
+    (the last partial step of an epoch is dropped; a dataset smaller than a step is repeated), and
+    rank ``r`` gets ``r::world`` of them, so every rank sees ``batch``. Deterministic and resumable at
+    any step without saved state."""
+    per_step = batch * world
+    per_epoch = max(1, n // per_step)
+    step = start
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        chunk = np.resize(perm, per_step * per_epoch)[offset * per_step : (offset + 1) * per_step]
+        yield [int(j) for j in chunk[rank::world]]
+        step += 1
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:

@@ -37,6 +37,7 @@ from .loop import (
     finish_run,
     num_threads,
     run_loop,
+    shuffled_batches,
     start_run,
     wrap_ddp,
 )
@@ -237,25 +238,6 @@ def lr_at(step: int, cfg: RpnTrainConfig) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
 
-def _batches(
-    n: int, batch: int, seed: int, start_step: int, rank: int = 0, world: int = 1
-) -> Iterator[tuple[int, list[int]]]:
-    """Deterministic shuffled batches (a new permutation per epoch), resumable at any step. Each step
-    takes ``batch * world`` images, of which rank ``r`` gets ``r::world`` (a dataset smaller than
-    that is repeated, so that every rank gets ``batch``)."""
-    per_step = batch * world
-    per_epoch = max(1, n // per_step)
-    step = start_step
-    while True:
-        epoch, offset = divmod(step, per_epoch)
-        perm = np.random.default_rng(seed + epoch).permutation(n)
-        if world > 1 and n < per_step:
-            perm = np.resize(perm, per_step)
-        chunk = perm[offset * per_step : (offset + 1) * per_step]
-        yield step, [int(j) for j in chunk[rank::world]]
-        step += 1
-
-
 def train_rpn(cfg: RpnTrainConfig, log: Any = print) -> dict[str, Any]:
     """Train (or resume) the region proposal head; returns the final metrics dict."""
     with num_threads(cfg.threads):
@@ -288,8 +270,7 @@ def _train_rpn(cfg: RpnTrainConfig, log: Any) -> dict[str, Any]:
     runner = wrap_ddp(RpnStep(model, cfg), env, find_unused=True)  # the encoder's neck has no grad here
 
     def batches(start: int) -> Iterator[list[int]]:
-        for _, idx in _batches(len(train), cfg.batch_size, cfg.seed, start, env.rank, env.world):
-            yield idx
+        return shuffled_batches(len(train), cfg.batch_size, cfg.seed, start, env.rank, env.world)
 
     def step_fn(idx: list[int], step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         assert model.rpn_head is not None
