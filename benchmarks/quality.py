@@ -345,9 +345,9 @@ def threshold_sweep(predictor: Any, data: list[tuple[Path, np.ndarray]], side: i
 
 
 def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]]) -> dict[str, Any]:
-    """Export ``model_path`` (cached under ``work/onnx``), quantize the encoder on 32 training images,
-    and compare int8 with fp32 on the held-out images: box-prompt mIoU ×100 of each against the GT
-    and the best-mask agreement (:func:`edgesam_backend.export.agreement.agreement`)."""
+    """Export ``model_path`` (cached under ``work/onnx/<its folder>-<its stem>``), quantize the encoder
+    on 32 training images, and compare int8 with fp32 on the held-out images: box-prompt mIoU ×100 of
+    each against the GT and the best-mask agreement (:func:`edgesam_backend.export.agreement.agreement`)."""
     from edgesam_backend.export.agreement import agreement
     from edgesam_backend.export.int8 import quantize_encoder
     from edgesam_backend.export.onnx import export_onnx
@@ -355,7 +355,7 @@ def int8_report(work: Path, model_path: Path, data: list[tuple[Path, np.ndarray]
     from edgesam_backend.runtime.masks import mask_iou
     from edgesam_backend.runtime.predictor import OnnxPredictor
 
-    d = work / "onnx" / model_path.stem
+    d = work / "onnx" / f"{model_path.parent.name}-{model_path.stem}"  # one folder per stage's model
     if not (d / "encoder.int8.onnx").is_file():
         export_onnx(model_path, d)
         calib = sorted((work / "train" / "images").iterdir())[:32]
