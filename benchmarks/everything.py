@@ -291,6 +291,12 @@ def main() -> None:
     ap.add_argument("--onnx-dir", type=Path, default=None, help="reuse exports: DIR/plain and DIR/fast")
     ap.add_argument("--max-prompts", type=int, default=320, help="the new default's budget (quickstart)")
     ap.add_argument("--curve", type=int, nargs="*", default=[64, 128, 256], help="budgets of the curve")
+    ap.add_argument(
+        "--stability-thresh",
+        type=float,
+        default=None,
+        help="stability_score_thresh (and coverage_stability_thresh) of every run (default: SAM's 0.95)",
+    )
     ap.add_argument("--oracle", type=int, default=6, help="synthetic images of the oracle section; 0 skips")
     ap.add_argument("--decoder-repeats", type=int, default=3, help="benchmarks/decoder.py repeats; 0 skips")
     add_model_arguments(ap)
@@ -314,8 +320,13 @@ def main() -> None:
     else:
         paths, gt = list_images()[: args.images], None
     images = [str(p) for p in paths]
-    grid_kw = {"points_per_side": args.points_per_side, "points_per_batch": 64}
+    grid_kw: dict[str, Any] = {"points_per_side": args.points_per_side, "points_per_batch": 64}
     new_kw = {**grid_kw, "strategy": "coverage", "max_prompts": args.max_prompts}
+    if args.stability_thresh is not None:
+        grid_kw["stability_score_thresh"] = args.stability_thresh
+        new_kw.update(
+            stability_score_thresh=args.stability_thresh, coverage_stability_thresh=args.stability_thresh
+        )
     base = {"threads": args.threads, "images": images, "device": args.device, "precision": args.precision}
     runs = {
         "old_grid": {**base, "onnx_dir": str(onnx / "plain"), "max_decode_batch": None, "generator": grid_kw},
