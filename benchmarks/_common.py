@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgesam_backend.runtime.model_files import PRECISIONS  # the resolver's --precision choices
+
 
 def emit_result(result: Any, out: Path | None) -> None:
     """Print ``result`` as indented JSON and, with ``out`` (``--out``), write the same text there
@@ -16,10 +18,6 @@ def emit_result(result: Any, out: Path | None) -> None:
     print(text)
     if out:
         out.write_text(text + "\n")
-
-
-#: ``--precision`` choices (the model resolver's, ``edgesam_backend/runtime/resolve.py``).
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 def add_device_argument(ap: argparse.ArgumentParser) -> None:

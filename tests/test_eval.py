@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from edgesam_backend.cli import main
+from edgesam_backend.runtime.masks import center_point
 from edgesam_backend.runtime.transforms import upscale_logits
 from edgesam_backend.training.distill_config import EvalConfig
 from edgesam_backend.training.evaluate import (
@@ -22,7 +23,6 @@ from edgesam_backend.training.evaluate import (
     miou,
     size_bin,
 )
-from edgesam_backend.training.prompts import center_point
 from edgesam_backend.training.synthetic import write_coco_dataset
 
 from .helpers import coco_data_section

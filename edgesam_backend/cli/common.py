@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..runtime.model_files import PRECISIONS
+
 EXIT_USAGE = 2
 #: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
@@ -64,7 +66,7 @@ def add_precision_argument(p: argparse.ArgumentParser, env: str | None = None) -
     where = f"env {env}, " if env else ""
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "fp16", "int8"),
+        choices=PRECISIONS,
         default=None,
         help="ONNX files: fp32, fp16 (encoder/decoder.fp16.onnx from `edgesam export --fp16`), int8 "
         f"(encoder.int8.onnx) or auto: fp16 on cuda/tensorrt when those files exist, else fp32 ({where}"

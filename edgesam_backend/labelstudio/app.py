@@ -101,15 +101,7 @@ def load_backend_model(settings: Settings) -> tuple[BasePredictor, str, str]:
         device=settings.device,
         precision=settings.precision,
     )
-    log.info(
-        "model %s: %s + %s, device %s, providers %s, precision %s",
-        model.model_version,
-        model.encoder,
-        model.decoder,
-        model.execution.chosen,
-        model.execution.names,
-        model.precision,
-    )
+    log.info("%s", model.describe())
     predictor = onnx_predictor(model, threads=settings.intra_op_threads)
     return predictor, settings.model_version or model.model_version, model.encoder_sha256
 

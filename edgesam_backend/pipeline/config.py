@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..runtime.model_files import DECODER_FILE, ENCODER_FILE, Precision
+from ..runtime.model_files import DECODER_FILE, ENCODER_FILE, Precision, requested_precision
 from ..runtime.providers import Device
 from ..yamlconfig import StrictModel
 from .registry import StepSpec, load_registry
@@ -95,8 +95,7 @@ class ModelConfig(StrictModel):
     def _one_source(self) -> ModelConfig:
         if self.checkpoint is None and self.onnx_dir is None:
             raise ValueError("give model.checkpoint (name or path) and/or model.onnx_dir")
-        if self.int8 and self.precision not in ("auto", "int8"):
-            raise ValueError(f"model.int8 and model.precision {self.precision!r} conflict: give one of them")
+        requested_precision(self.precision, self.int8)  # the resolver's rule, checked at load time
         return self
 
 

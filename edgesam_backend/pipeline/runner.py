@@ -175,15 +175,7 @@ def run_pipeline(
     prep.prompt.bind(items, categories, prep.source.kind)
     model = resolve(pipe.model)
     encoder, decoder = model.encoder, model.decoder
-    log.info(
-        "model %s: %s + %s, device %s, providers %s, precision %s",
-        model.model_version,
-        encoder,
-        decoder,
-        model.execution.chosen,
-        model.execution.names,
-        model.precision,
-    )
+    log.info("%s", model.describe())
     info = model_info(model)
     prep.prompt.check_model(info)
     for r in prep.refines:

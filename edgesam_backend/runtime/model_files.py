@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import onnx
 
@@ -26,7 +26,19 @@ FP16_DECODER_FILE = "decoder.fp16.onnx"
 #: The precision option of the resolver: ``auto`` (fp16 on CUDA/TensorRT when its files exist, else fp32),
 #: or one of the file sets. ``int8`` swaps the encoder only (the decoder stays fp32).
 Precision = Literal["auto", "fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def requested_precision(precision: str, int8: bool) -> str:
+    """The precision option with the ``int8`` flag folded in (``int8=True`` is ``precision="int8"``):
+    one of :data:`PRECISIONS`, lower-cased. ValueError for an unknown name or a conflicting pair."""
+    name = str(precision).strip().lower()
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if int8 and name not in ("auto", "int8"):
+        raise ValueError(f"int8 and precision {name!r} conflict: give one of them")
+    return "int8" if int8 else name
+
 
 OURS_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
 OFFICIAL_DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
@@ -53,7 +65,6 @@ class Capabilities:
             ``Div`` produces them; exported with ``--use-stability-score``), else raw IoU.
         encoder_input: name of the encoder's image input ``(1, 3, S, S)``.
         encoder_output: name of the ``(1, 256, S/16, S/16)`` embedding output.
-        int8: the encoder holds QuantizeLinear/DequantizeLinear nodes.
         precision: the encoder's number format: ``"int8"`` (QDQ), ``"fp16"`` (``edgesam.precision``
             metadata, or float16 initializers) or ``"fp32"``.
         upsample_mode: ``edgesam.upsample_mode`` metadata of the encoder (``"bicubic"`` for our export;
@@ -68,10 +79,14 @@ class Capabilities:
     official_scores_are_stability: bool
     encoder_input: str
     encoder_output: str
-    int8: bool
     upsample_mode: str | None
     image_size: int = 1024
     precision: str = "fp32"
+
+    @property
+    def int8(self) -> bool:
+        """The encoder holds QuantizeLinear/DequantizeLinear nodes (``precision == "int8"``)."""
+        return self.precision == "int8"
 
 
 def _load_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -159,7 +174,6 @@ def read_capabilities(encoder: str | os.PathLike[str], decoder: str | os.PathLik
         and producers.get(scores) == "Div",
         encoder_input=enc_in,
         encoder_output=enc_out,
-        int8=is_quantized(enc),
         upsample_mode=meta.get("edgesam.upsample_mode"),
         image_size=image_size,
         precision=graph_precision(enc),

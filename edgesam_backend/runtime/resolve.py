@@ -43,6 +43,7 @@ from .model_files import (
     fp16_files,
     onnx_files,
     read_capabilities,
+    requested_precision,
 )
 from .providers import DeviceError, ExecutionPlan, parse_device, resolve_providers
 
@@ -96,6 +97,13 @@ class ResolvedModel:
     def model_version(self) -> str:
         """``edgesam-<digest[:12]>``: changes exactly when the model files' bytes change."""
         return f"edgesam-{self.digest[:12]}"
+
+    def describe(self) -> str:
+        """The one-line account the serve and run logs print: version, files, device, providers, precision."""
+        return (
+            f"model {self.model_version}: {self.encoder} + {self.decoder}, device {self.execution.chosen}, "
+            f"providers {self.execution.names}, precision {self.precision}"
+        )
 
     @property
     def flavour(self) -> str:
@@ -255,13 +263,10 @@ def _on_gpu(execution: ExecutionPlan) -> bool:
 def choose_precision(precision: str, int8: bool, execution: ExecutionPlan, fp16_present: bool) -> str:
     """``"fp32"``, ``"fp16"`` or ``"int8"`` for the ``precision`` option (see the module docstring);
     ``int8=True`` is ``precision="int8"``. Raises :class:`EngineError` for an unknown or conflicting one."""
-    name = str(precision).strip().lower()
-    if name not in PRECISIONS:
-        raise EngineError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if int8:
-        if name not in ("auto", "int8"):
-            raise EngineError(f"int8 and precision {name!r} conflict: give one of them")
-        return "int8"
+    try:
+        name = requested_precision(precision, int8)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
     if name == "auto":
         return "fp16" if _on_gpu(execution) and fp16_present else "fp32"
     return name

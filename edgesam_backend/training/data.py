@@ -29,8 +29,8 @@ from ..formats.coco import read_coco as read_coco_file
 from ..formats.imagefiles import is_image_file
 from ..runtime import transforms
 from ..runtime.image import load_image
+from ..runtime.masks import center_point
 from .distill_config import DataConfig
-from .prompts import center_point
 
 
 @dataclass

@@ -32,11 +32,12 @@ from torch.nn import functional as F
 from ..fileio import atomic_write_text
 from ..formats.coco import decode_segmentation
 from ..runtime import masks, transforms
+from ..runtime.masks import center_point
 from .data import DistillDataset
 from .distill_config import EvalConfig, EvalModelConfig
 from .loop import num_threads
 from .models import build_student, build_teacher, load_student_weights
-from .prompts import center_point, sample_disagreement_points
+from .prompts import sample_disagreement_points
 
 SIZE_BINS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
 

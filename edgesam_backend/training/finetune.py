@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from .. import weights
 from ..model.checkpoint import load_edge_sam, with_metadata
 from ..model.edge_sam import EdgeSam, build_edge_sam
+from ..runtime.masks import center_point
 from .evaluate import mask_iou, miou
 from .finetune_config import FinetuneConfig
 from .finetune_data import MaskDataset, MaskSample, read_masks
@@ -45,7 +46,7 @@ from .loop import (
     wrap_ddp,
 )
 from .losses import segmentation_loss
-from .prompts import center_point, correction_clicks
+from .prompts import correction_clicks
 from .schedule import adamw, param_groups, warmup_cosine
 
 FINAL_NAME = "edge_sam_finetuned.pth"

@@ -9,7 +9,7 @@
   ``min_pixels_per_point * n_points`` disagreeing pixels give the dummy point (0, 0) with label -2
   (a zero token). Grid pixels ``(col, row)`` are scaled to the model frame by ``scale`` (1024/256 = 4).
 * :func:`select_by_iou`: with several output tokens, the mask of the teacher's highest IoU prediction.
-* :func:`center_point`: the mask pixel farthest from the boundary (argmax of the distance transform).
+* the centre click (:func:`edgesam_backend.runtime.masks.center_point`) lives in the runtime (torch-free).
 * :func:`correction_click` / :func:`correction_clicks`: the fine-tuning / evaluation click, placed
   like an annotator would: in the larger error region, at its pixel farthest from the region's
   boundary (argmax of the exact Euclidean distance transform; the image border counts as boundary,
@@ -23,8 +23,6 @@ import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
-
-from ..runtime.masks import center_point  # noqa: F401 - the one implementation, re-used here
 
 DUMMY_LABEL = -2
 

@@ -80,8 +80,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def adamw(groups: list[dict], lr: float, **kw: object) -> torch.optim.AdamW:
     """The one AdamW of the trainers: the fused kernel where every parameter is a float tensor on
-    CPU/CUDA (same update rule, measured 3.5x faster per step than the for-loop one on 2 CPU cores),
-    the default implementation otherwise."""
+    CPU/CUDA (same update rule; its step measured 3.5x faster than the default one on 2 CPU cores,
+    EdgeSAM at 128 px), the default implementation otherwise."""
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None, **kw)  # type: ignore[arg-type]
